@@ -1,0 +1,160 @@
+"""Per-generation state: scale schedule, RNG, KV caches, the pruning hook and statistics.
+
+One ``GenerationContext`` is made for every call and never stored on a module, so batches, aspect ratios and
+concurrent pipelines never share state. Every residual branch of every block goes through ``ctx.branch``; with no
+pruning it is ``fn(x)``, so a disabled plug-in is bit-identical to the backbone by construction.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+class Pruner(Protocol):
+    """What the loop and blocks ask of a token-pruning method (see ``fastvar.pruning``)."""
+
+    def skips(self, si: int) -> bool: ...
+
+    def branch(self, ctx: GenerationContext, layer: int, name: str, fn: Callable[[torch.Tensor], torch.Tensor],
+               x: torch.Tensor) -> torch.Tensor: ...
+
+
+class NoPruning:
+    """Identity: every step computed, every token forwarded."""
+
+    def skips(self, si: int) -> bool:
+        return False
+
+    def branch(self, ctx, layer, name, fn, x):
+        return fn(x)
+
+
+class KVCache:
+    """Keys/values of one attention layer, preallocated for the whole schedule and written at an offset.
+
+    Shapes are (B, H, capacity, D). Pruned steps write only the kept tokens, so a layer's length may be shorter than
+    the schedule's token count; ``capacity`` is an upper bound.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity, self.length = capacity, 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, H, l, D) keys/values after the cached ones; return views of everything cached so far."""
+        if self.k is None:
+            B, H, _, D = k.shape
+            self.k = k.new_empty(B, H, self.capacity, D)
+            self.v = v.new_empty(B, H, self.capacity, v.shape[-1])
+        end = self.length + k.shape[2]
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+@dataclass
+class StepStats:
+    """What one scale step did: its map size, tokens forwarded per layer (when pruned), time."""
+
+    step: int
+    hw: tuple[int, int]
+    skipped: bool = False
+    kept: dict[int, int] = field(default_factory=dict)  # layer -> tokens forwarded (pruned layers only)
+    ms: float | None = None
+
+    @property
+    def tokens(self) -> int:
+        """Tokens forwarded by the least-pruned layer (the map size when a layer is unpruned)."""
+        if self.skipped:
+            return 0
+        return self.hw[0] * self.hw[1]
+
+    def as_dict(self) -> dict:
+        d = {"step": self.step, "hw": list(self.hw), "skipped": self.skipped, "tokens": self.tokens}
+        if self.kept:
+            d["kept_per_layer"] = {str(k): v for k, v in sorted(self.kept.items())}
+        if self.ms is not None:
+            d["ms"] = round(self.ms, 3)
+        return d
+
+
+class GenerationContext:
+    """All state of one generation call. Blocks read ``si``/``hw``/``keep_idx`` and use ``kv_cache(layer)``."""
+
+    def __init__(
+        self,
+        scales: Sequence[tuple[int, int]],
+        *,
+        generator: torch.Generator | None = None,
+        pruner: Pruner | None = None,
+        kv_capacity: int | None = None,
+        timed: bool = False,
+    ):
+        self.scales = [tuple(s) for s in scales]
+        self.generator = generator
+        self.pruner: Pruner = pruner or NoPruning()
+        self.kv_capacity = kv_capacity if kv_capacity is not None else sum(h * w for h, w in self.scales)
+        self.timed = timed
+        self.si = -1
+        self.keep_idx: torch.Tensor | None = None  # (B, K) kept token positions while a pruned branch runs
+        self.attn_mask: torch.Tensor | None = None  # teacher forcing: a full-sequence mask replaces the KV cache
+        self.kv: dict[int, KVCache] = {}
+        self.pruning_state: dict = {}  # owned by the pruner (restoration caches, selections)
+        self.steps: list[StepStats] = []
+        self._t0 = 0.0
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.scales[self.si]
+
+    @property
+    def token_offset(self) -> int:
+        """Index of the current scale's first token in the full (unpruned) sequence."""
+        return sum(h * w for h, w in self.scales[: self.si])
+
+    def kv_cache(self, layer: int) -> KVCache:
+        if layer not in self.kv:
+            self.kv[layer] = KVCache(self.kv_capacity)
+        return self.kv[layer]
+
+    def branch(self, layer: int, name: str, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Run residual branch ``fn`` of sub-layer ``name`` in block ``layer`` on (B, L, C) ``x`` via the pruner."""
+        return self.pruner.branch(self, layer, name, fn, x)
+
+    def begin_step(self, si: int) -> None:
+        self.si = si
+        self.steps.append(StepStats(step=si, hw=self.scales[si]))
+        if self.timed:
+            _sync()
+            self._t0 = time.perf_counter()
+
+    def end_step(self) -> None:
+        if self.timed:
+            _sync()
+            self.steps[-1].ms = (time.perf_counter() - self._t0) * 1e3
+
+    def skip_step(self, si: int) -> None:
+        self.steps.append(StepStats(step=si, hw=self.scales[si], skipped=True))
+
+    def stats(self) -> dict:
+        return {
+            "steps": [s.as_dict() for s in self.steps],
+            "skipped_steps": [s.step for s in self.steps if s.skipped],
+            "pruned_steps": [s.step for s in self.steps if s.kept],
+        }
+
+    def release(self) -> None:
+        """Free KV and restoration caches (they can be GBs at 2K)."""
+        self.kv.clear()
+        self.pruning_state.clear()
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()

@@ -1,0 +1,46 @@
+"""The one next-scale sampling loop shared by every backbone.
+
+A backbone prepares a ``state`` (condition, CFG-doubled batch, accumulated latent), then per scale step the loop asks
+it for the step's input tokens, runs its blocks over them (each block reads ``ctx`` for the KV cache and pruning),
+and lets it sample tokens and fold them into the state. The loop knows no backbone and no pruning rule: it only asks
+the context's pruner whether a step is skipped. Trailing skipped steps simply end the loop; the backbone then decodes
+what was accumulated.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from .context import GenerationContext
+
+
+class NextScaleModel(Protocol):
+    blocks: Sequence[torch.nn.Module]  # each: block(x, state, ctx) -> x
+
+    def scale_input(self, state: Any, ctx: GenerationContext) -> torch.Tensor: ...  # (B', l, C) tokens of ctx.si
+
+    def sample(self, x: torch.Tensor, state: Any, ctx: GenerationContext) -> torch.Tensor: ...  # head, CFG, draw
+
+    def update(self, state: Any, tokens: torch.Tensor, ctx: GenerationContext) -> None: ...  # accumulate
+
+
+@torch.inference_mode()
+def run_scales(model: NextScaleModel, state: Any, ctx: GenerationContext, *, progress: bool = False) -> list[torch.Tensor]:
+    """Run every scale step of ``ctx.scales``; returns the sampled tokens of each computed step."""
+    tokens: list[torch.Tensor] = []
+    for si in tqdm(range(len(ctx.scales)), desc="scales", disable=not progress, leave=False):
+        if ctx.pruner.skips(si):
+            ctx.skip_step(si)
+            continue
+        ctx.begin_step(si)
+        x = model.scale_input(state, ctx)
+        for block in model.blocks:
+            x = block(x, state, ctx)
+        step_tokens = model.sample(x, state, ctx)
+        model.update(state, step_tokens, ctx)
+        tokens.append(step_tokens)
+        ctx.end_step()
+    return tokens

@@ -1,0 +1,73 @@
+"""``load_pipeline`` and what every backbone's pipeline shares: pruning, generator, the loop call, outputs."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .core.context import GenerationContext
+from .core.loop import NextScaleModel, run_scales
+from .errors import FastVARError
+from .outputs import GenerationOutput, check_output_type, format_images
+from .pruning import PruningSchedule, resolve_pruning
+
+BACKBONES = ("var", "infinity", "hart", "demo")
+
+
+class Pipeline:
+    """Base of the backbone pipelines (diffusers-like: ``pipe(...)`` returns an output with ``.images``)."""
+
+    model: NextScaleModel
+    device: torch.device
+    progress: bool = True
+
+    def set_progress_bar_config(self, disable: bool = False) -> None:
+        self.progress = not disable
+
+    def run(
+        self,
+        state: Any,
+        scales: Sequence[tuple[int, int]],
+        *,
+        pruning: None | str | PruningSchedule,
+        generator: torch.Generator | None,
+        timed: bool = False,
+    ) -> tuple[list[torch.Tensor], GenerationContext]:
+        """Run the shared next-scale loop over ``scales`` with the requested pruning."""
+        schedule = resolve_pruning(pruning)
+        pruner = schedule.pruner(len(scales), len(self.model.blocks)) if schedule is not None else None
+        ctx = GenerationContext(scales, generator=generator, pruner=pruner, timed=timed)
+        tokens = run_scales(self.model, state, ctx, progress=self.progress)
+        return tokens, ctx
+
+    @staticmethod
+    def output(images: torch.Tensor, tokens: list[torch.Tensor], ctx: GenerationContext, *, output_type: str,
+               return_tokens: bool) -> GenerationOutput:
+        stats = ctx.stats()
+        ctx.release()
+        return GenerationOutput(images=format_images(images, output_type), tokens=tokens if return_tokens else None,
+                                stats=stats)
+
+
+def resolve_generator(seed: int | None, generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """``generator`` wins; else a generator seeded with ``seed`` on ``device`` (the official RNG); else global RNG."""
+    from .core.sampling import make_generator
+
+    if generator is not None:
+        if seed is not None:
+            raise FastVARError("pass either seed= or generator=, not both")
+        return generator
+    return make_generator(seed, device)
+
+
+def load_pipeline(backbone: str, **kwargs) -> Pipeline:
+    """Load a pipeline: ``load_pipeline("var", vae=..., transformer=..., config="var-d16", device=..., dtype=...)``."""
+    if backbone == "var":
+        from .backbones.var.pipeline import VARPipeline
+
+        return VARPipeline.from_files(**kwargs)
+    raise FastVARError(f"unknown or not yet supported backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+
+
+__all__ = ["Pipeline", "load_pipeline", "check_output_type"]
