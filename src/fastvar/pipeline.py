@@ -66,7 +66,7 @@ def load_pipeline(backbone: str, **kwargs) -> Pipeline:
     if backbone == "var":
         from .backbones.var.pipeline import VARPipeline
 
-        return VARPipeline.from_files(**kwargs)
+        return VARPipeline.from_files(**{k: v for k, v in kwargs.items() if k != "text_encoder" or v is not None})
     raise FastVARError(f"unknown or not yet supported backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
 
 

@@ -35,10 +35,26 @@ class VARPipeline(Pipeline):
         self.spec, self.vae, self.model, self.device = spec, vae, model, device
 
     @classmethod
-    def from_files(cls, vae: str | Path, transformer: str | Path, config: str | Path | dict = "var-d16",
-                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> VARPipeline:
+    def from_files(cls, vae: str | Path | None = None, transformer: str | Path | None = None,
+                   config: str | Path | dict = "var-d16", device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32, random_weights: bool = False) -> VARPipeline:
+        """Load the official ``vae_ch160v4096z32.pth`` + ``var_dNN.pth`` (or safetensors) strictly.
+
+        ``random_weights=True`` builds the architecture with seeded random weights instead (for benchmarks and smoke
+        tests: the images are noise).
+        """
         spec = load_spec(config)
         device = torch.device(device)
+        if random_weights:
+            if vae is not None or transformer is not None:
+                raise FastVARError("random_weights=True takes no checkpoint paths")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                vqvae = VQVAE(spec.vae).to(device).eval().requires_grad_(False)
+                model = VAR(spec.var, vqvae).to(device=device, dtype=dtype).eval().requires_grad_(False)
+            return cls(spec, vqvae, model, device)
+        if vae is None or transformer is None:
+            raise FastVARError("VAR needs vae= (vae_ch160v4096z32.pth) and transformer= (var_dNN.pth) checkpoints")
         vae_sd = read_state_dict(vae, what="VAR VQ-VAE")
         if "class_emb.weight" in vae_sd:
             raise CheckpointError(f"{vae} is a VAR transformer checkpoint, not the VQ-VAE (swap vae= and transformer=?)")

@@ -164,7 +164,7 @@ class _Mid(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Official ``Encoder`` (``double_z=False``): image (B, in_channels, H, W) -> latent (B, z_channels, H/2^n, W/2^n)."""
+    """Official ``Encoder`` (double_z=False): image (B, in_channels, H, W) -> latent (B, z_channels, H/2^n, W/2^n)."""
 
     def __init__(
         self,
@@ -316,7 +316,8 @@ class MultiScaleQuantizer(nn.Module):
             return Phi(Cvae, quant_resi) if abs(quant_resi) > 1e-6 else nn.Identity()
 
         if share_quant_resi == 0:
-            self.quant_resi: nn.Module = nn.ModuleList([make() for _ in range(default_qresi_counts or len(v_patch_nums))])
+            count = default_qresi_counts or len(v_patch_nums)
+            self.quant_resi: nn.Module = nn.ModuleList([make() for _ in range(count)])
             self._phis = list(self.quant_resi)
         elif share_quant_resi == 1:
             self.quant_resi = _SharedPhi(make())
@@ -324,6 +325,7 @@ class MultiScaleQuantizer(nn.Module):
         else:
             self.quant_resi = _PartiallySharedPhi([make() for _ in range(share_quant_resi)])
             self._phis = list(self.quant_resi.qresi_ls)
+        # self._phis: the phi modules in official index order (a plain list; they are registered under quant_resi)
         self.embedding = nn.Embedding(vocab_size, Cvae)
 
     def quant_resi_index(self, si: int, num_scales: int) -> int:
@@ -346,15 +348,11 @@ class MultiScaleQuantizer(nn.Module):
         pn = round(l**0.5)
         return self.embedding(idx).transpose(1, 2).view(B, self.Cvae, pn, pn)
 
-    def _upsample_phi(self, si: int, patch_nums: Sequence[int], h: Tensor) -> Tensor:
-        """Bicubic-upsample code map ``h`` of scale ``si`` to the latent size (not at the last scale), then phi."""
-        last = patch_nums[-1]
-        if si != len(patch_nums) - 1:
-            h = F.interpolate(h, size=(last, last), mode="bicubic")
-        return self.phi(si, len(patch_nums), h)
-
-    def f_to_idx_and_fhat(self, f: Tensor, patch_nums: Sequence[int] | None = None) -> tuple[list[Tensor], list[Tensor]]:
-        """Official ``f_to_idxBl_or_fhat``: latent f (B, Cvae, H, W) -> per scale (indices (B, pn*pn), f_hat (B, Cvae, H, W))."""
+    def f_to_idx_and_fhat(
+        self, f: Tensor, patch_nums: Sequence[int] | None = None
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Official ``f_to_idxBl_or_fhat`` (both outputs): latent f (B, Cvae, H, W) -> per scale the token indices
+        (B, pn*pn) int64 and the accumulated f_hat (B, Cvae, H, W)."""
         pns = tuple(patch_nums or self.v_patch_nums)
         B, C, H, W = f.shape
         if (H, W) != (pns[-1], pns[-1]):
@@ -373,7 +371,7 @@ class MultiScaleQuantizer(nn.Module):
             h = self.embedding(idx.view(B, pn, pn)).permute(0, 3, 1, 2)  # (B, C, pn, pn)
             if si != len(pns) - 1:
                 h = F.interpolate(h, size=(H, W), mode="bicubic")
-            h = self.phi(si, len(pns), h.contiguous())  # contiguous as in the official code: conv results depend on layout
+            h = self.phi(si, len(pns), h.contiguous())  # contiguous as official: conv floats depend on the layout
             f_hat.add_(h)
             f_rest.sub_(h)
             idx_list.append(idx.reshape(B, pn * pn))
@@ -385,17 +383,21 @@ class MultiScaleQuantizer(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Official ``get_next_autoregressive_input``: add scale ``si``'s code map ``h`` (B, Cvae, pn, pn) to ``f_hat``.
 
+        ``h`` is bicubic-upsampled to the latent size (except at the last scale), passed through phi and added.
         Returns the new f_hat (B, Cvae, H, W) (a new tensor; the argument is not modified) and f_hat area-resized to
-        the next scale (B, Cvae, pn_next, pn_next), or None after the last scale.
+        the next scale (B, Cvae, pn_next, pn_next), or None after the last scale. Give ``h`` the official memory
+        layout (``code_map(idx)``, i.e. ``embed(idx).transpose(1, 2).reshape(B, Cvae, pn, pn)``) for bit-equal floats.
         """
-        f_hat = f_hat + self._upsample_phi(si, patch_nums, h)
-        if si == len(patch_nums) - 1:
+        H = patch_nums[-1]
+        last = si == len(patch_nums) - 1
+        f_hat = f_hat + self.phi(si, len(patch_nums), h if last else F.interpolate(h, size=(H, H), mode="bicubic"))
+        if last:
             return f_hat, None
         pn_next = patch_nums[si + 1]
         return f_hat, F.interpolate(f_hat, size=(pn_next, pn_next), mode="area")
 
     def idx_to_var_input(self, idx: Sequence[Tensor], patch_nums: Sequence[int] | None = None) -> Tensor:
-        """Official ``idxBl_to_var_input``: teacher-forcing input (B, L - pn0^2, Cvae) from the indices of all scales."""
+        """Official ``idxBl_to_var_input``: teacher-forcing input (B, L - pn0^2, Cvae) from every scale's indices."""
         pns = tuple(patch_nums or self.v_patch_nums)
         B = idx[0].shape[0]
         f_hat = self.embedding.weight.new_zeros(B, self.Cvae, pns[-1], pns[-1])
@@ -406,7 +408,7 @@ class MultiScaleQuantizer(nn.Module):
         return torch.cat(inputs, dim=1)
 
     def idx_to_fhat(self, idx: Sequence[Tensor], patch_nums: Sequence[int] | None = None) -> Tensor:
-        """Official ``embed_to_fhat(all_to_max_scale=True, last_one=True)`` of the indices: final f_hat (B, Cvae, H, W)."""
+        """Official ``embed_to_fhat(all_to_max_scale=True, last_one=True)`` of the indices: f_hat (B, Cvae, H, W)."""
         pns = tuple(patch_nums or self.v_patch_nums)
         B = idx[0].shape[0]
         f_hat = self.embedding.weight.new_zeros(B, self.Cvae, pns[-1], pns[-1])

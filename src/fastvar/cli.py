@@ -1,0 +1,126 @@
+"""The ``fastvar`` command line: a thin layer over the Python API.
+
+    fastvar generate --model var-d16 --vae vae_ch160v4096z32.pth --transformer var_d16.pth --class 207 --out a.png
+    fastvar info CHECKPOINT
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import FastVARError
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+BACKBONES = ("var", "infinity", "hart")
+
+
+def split_model(name: str) -> tuple[str, str | None]:
+    """``var-d16`` -> ("var", "var-d16"); ``var`` -> ("var", None) (then --config names the JSON)."""
+    backbone = name.split("-")[0]
+    if backbone not in BACKBONES:
+        raise FastVARError(f"unknown model {name!r}: names start with one of {', '.join(BACKBONES)} (e.g. var-d16)")
+    return backbone, (None if name == backbone else name)
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise FastVARError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _output_paths(out: Path, n: int) -> list[Path]:
+    return [out] if n == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from . import load_pipeline
+
+    backbone, config = split_model(args.model)
+    config = args.config or config
+    if config is None:
+        raise FastVARError(f"--model {backbone} needs --config (a registry name or a JSON file)")
+    pipe = load_pipeline(backbone, vae=args.vae, transformer=args.transformer, config=config, device=args.device,
+                         dtype=_dtype(args.dtype), random_weights=args.random_weights)
+    pipe.set_progress_bar_config(disable=args.quiet)
+    if backbone == "var":
+        if args.prompt:
+            raise FastVARError("VAR is class-conditional: use --class N instead of a prompt")
+        kwargs = dict(class_labels=args.class_labels or None, num_images=args.num_images, cfg=args.cfg,
+                      top_k=args.top_k if args.top_k is not None else 900,
+                      top_p=args.top_p if args.top_p is not None else 0.95, more_smooth=args.more_smooth)
+    else:
+        raise FastVARError(f"generation for {backbone} is not available yet")
+    out = pipe(seed=args.seed, pruning=args.pruning, timed=True, **kwargs)
+    paths = _output_paths(Path(args.out), len(out.images))
+    for image, path in zip(out.images, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+    total_ms = sum(s.get("ms", 0.0) for s in out.stats["steps"])
+    print(f"wrote {', '.join(map(str, paths))} ({len(out.stats['steps'])} scale steps, "
+          f"skipped {out.stats['skipped_steps']}, pruned {out.stats['pruned_steps']}, transformer loop {total_ms:.0f} ms)")
+    if args.stats:
+        Path(args.stats).write_text(json.dumps(out.stats, indent=1))
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .info import describe, format_description
+
+    for path in args.checkpoint:
+        d = describe(path)
+        print(json.dumps(d, indent=1, default=str) if args.json else format_description(d))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastvar", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate images")
+    g.add_argument("prompt", nargs="*", help="text prompt(s) (text-to-image models)")
+    g.add_argument("--model", required=True, help="registry name, e.g. var-d16 (or a backbone name with --config)")
+    g.add_argument("--config", help="registry name or JSON file of constructor arguments (golden config.json format)")
+    g.add_argument("--vae", help="VAE / tokenizer checkpoint")
+    g.add_argument("--transformer", help="transformer checkpoint")
+    g.add_argument("--random-weights", action="store_true", help="random weights (smoke tests; images are noise)")
+    g.add_argument("--class", dest="class_labels", type=int, action="append", help="class label (repeatable)")
+    g.add_argument("--num-images", type=int, help="images to draw when no class label is given")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--cfg", type=float, default=4.0)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing (official visual option)")
+    g.add_argument("--pruning", help="FastVAR preset (infinity-paper, hart-paper) or schedule like '0.4,0.5,1,1;layers=3:28'")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--dtype", default="fp32")
+    g.add_argument("--out", default="out.png", help="output PNG (several images: out_0.png, out_1.png, ...)")
+    g.add_argument("--stats", help="write per-step statistics as JSON here")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("info", help="describe checkpoint files or folders")
+    i.add_argument("checkpoint", nargs="+")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FastVARError as exc:
+        print(f"fastvar: error: {exc}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError:
+        print("fastvar: error: out of GPU memory; try a smaller batch or resolution, --pruning, or --dtype bf16",
+              file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

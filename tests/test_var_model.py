@@ -1,0 +1,155 @@
+"""VAR architecture facts: released sizes, official key layout, strict loading errors, CLI behaviour."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from fastvar import CheckpointError, FastVARError, load_pipeline
+from fastvar.backbones.var.config import CONFIGS, load_spec
+from fastvar.backbones.var.model import VAR
+from fastvar.backbones.var.pipeline import VAR_DERIVED
+from fastvar.backbones.var.vqvae import VQVAE
+from fastvar.cli import main
+
+
+def build_meta(spec):
+    with torch.device("meta"):
+        vae = VQVAE(spec.vae)
+        return vae, VAR(spec.var, vae)
+
+
+# Parameter counts published in the official VAR README model zoo (310M, 600M, 1.0B, 2.0B, 2.3B).
+@pytest.mark.parametrize("name,published", [("var-d16", 310e6), ("var-d20", 600e6), ("var-d24", 1.0e9),
+                                            ("var-d30", 2.0e9), ("var-d36", 2.3e9)])
+def test_release_parameter_counts(name, published):
+    _, model = build_meta(CONFIGS[name])
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - published) / published < 0.05  # the README rounds loosely (d24: 1.033B is listed as 1.0B)
+
+
+def test_d16_is_310_3m():
+    _, model = build_meta(CONFIGS["var-d16"])
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == 310.3
+
+
+def official_var_keys(golden_keys: list, depth: int) -> set[str]:
+    """The golden (depth 2) official key list, with the block keys repeated for ``depth`` blocks."""
+    keys = set()
+    for key, _, _ in golden_keys:
+        m = re.match(r"blocks\.0\.(.*)", key)
+        if m:
+            keys |= {f"blocks.{i}.{m.group(1)}" for i in range(depth)}
+        elif not key.startswith("blocks."):
+            keys.add(key)
+    return keys
+
+
+def test_d16_key_set_equals_official(golden_var):
+    golden_keys = json.loads((golden_var.root / "keys.json").read_text())["var"]
+    _, model = build_meta(CONFIGS["var-d16"])
+    derived = re.compile("|".join(VAR_DERIVED))
+    official = official_var_keys(golden_keys, 16)
+    assert set(model.state_dict()) == {k for k in official if not derived.fullmatch(k)}
+    assert all(derived.fullmatch(k) for k in official - set(model.state_dict()))
+
+
+def test_golden_keys_load_exactly(golden_var):
+    sd = torch.load(golden_var.root / "var.pth", weights_only=True)
+    spec = load_spec(golden_var.root / "config.json")
+    _, model = build_meta(spec)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == {k: tuple(v.shape) for k, v in sd.items() if k in ours}
+
+
+def test_wrong_key_is_an_error_naming_it(golden_var, tmp_path):
+    sd = torch.load(golden_var.root / "var.pth", weights_only=True)
+    sd["head.weight_renamed"] = sd.pop("head.weight")
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"missing: head\.weight.*unexpected: head\.weight_renamed"):
+        load_pipeline("var", vae=golden_var.root / "vae.pth", transformer=tmp_path / "bad.pth",
+                      config=golden_var.root / "config.json")
+
+
+def test_wrong_size_suggests_release(golden_var):
+    with pytest.raises(CheckpointError, match="depth 2, width 64"):
+        load_pipeline("var", vae=golden_var.root / "vae.pth", transformer=golden_var.root / "var.pth",
+                      config={"vae_kwargs": golden_var.config["vae_kwargs"],
+                              "var_kwargs": {**golden_var.config["var_kwargs"], "depth": 3}})
+
+
+def test_unknown_config_argument_is_rejected(golden_var):
+    with pytest.raises(FastVARError, match="unknown VAR argument"):
+        load_spec({"vae_kwargs": golden_var.config["vae_kwargs"],
+                   "var_kwargs": {**golden_var.config["var_kwargs"], "dept": 3}})
+
+
+def test_pruning_none_and_disabled_are_bit_identical(golden_var):
+    from fastvar import PruningSchedule
+
+    root = golden_var.root
+    pipe = load_pipeline("var", vae=root / "vae.pth", transformer=root / "var.pth", config=root / "config.json")
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(class_labels=[4, 1], seed=3, top_k=6, top_p=0.9, output_type="pt", return_tokens=True)
+    base = pipe(**kw)
+    off = pipe(pruning=PruningSchedule(ratios=(0.5, 0.5), enabled=False), **kw)
+    none = pipe(pruning="none", **kw)
+    for other in (off, none):
+        assert torch.equal(base.images, other.images)
+        assert all(torch.equal(a, b) for a, b in zip(base.tokens, other.tokens))
+
+
+def test_var_pruning_runs_and_reports(golden_var):
+    root = golden_var.root
+    pipe = load_pipeline("var", vae=root / "vae.pth", transformer=root / "var.pth", config=root / "config.json")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(class_labels=[4, 1, 7], seed=3, pruning="0.5,1", output_type="pt", return_tokens=True)
+    assert out.images.shape == (3, 3, 112, 112)
+    assert out.stats["skipped_steps"] == [6] and out.stats["pruned_steps"] == [5]
+    assert out.stats["steps"][5]["kept_per_layer"] == {"0": 18, "1": 18}  # 36 - int(36 * 0.5)
+    assert len(out.tokens) == 6
+
+
+@pytest.fixture
+def golden_args(golden_var):
+    r = golden_var.root
+    return ["--model", "var", "--config", str(r / "config.json"), "--vae", str(r / "vae.pth"),
+            "--transformer", str(r / "var.pth"), "--quiet"]
+
+
+def test_cli_generate_writes_images(golden_args, tmp_path):
+    assert main(["generate", *golden_args, "--class", "1", "--class", "8", "--out", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x_0.png").exists() and (tmp_path / "x_1.png").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--class", "10"], "out of range"),
+    (["--class", "1", "--top-p", "1.5"], "top_p"),
+    (["--class", "1", "--pruning", "0.4,x"], "bad pruning schedule"),
+    (["--class", "1", "--pruning", "nonsense"], "unknown pruning preset"),
+    (["--class", "1", "--pruning", "0.5;layers=0:9"], "outside the model"),
+    (["--class", "1", "--pruning", "0.5,0.5,0.5,0.5,0.5,0.5,0.5"], "only 7 steps"),
+])
+def test_cli_bad_input_is_one_clear_line(golden_args, extra, message, capsys, tmp_path):
+    assert main(["generate", *golden_args, *extra, "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_cli_missing_and_corrupt_checkpoint(golden_args, tmp_path, capsys):
+    args = list(golden_args)
+    args[args.index("--transformer") + 1] = str(tmp_path / "missing.pth")
+    assert main(["generate", *args, "--class", "1"]) == 2
+    (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
+    args[args.index("--transformer") + 1] = str(tmp_path / "corrupt.pth")
+    assert main(["generate", *args, "--class", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "cannot read" in err
+
+
+def test_cli_info(golden_var, capsys):
+    assert main(["info", str(golden_var.root / "var.pth"), str(golden_var.root / "vae.pth")]) == 0
+    out = capsys.readouterr().out
+    assert "VAR transformer" in out and "VAR VQ-VAE" in out and "depth: 2" in out
