@@ -88,13 +88,26 @@ def test_pruned_step_fills_from_cache_step_and_computes_kept_rows_only():
     assert ctx.keep_idx is None
 
 
+def test_kept_masks_mark_the_first_selection_of_each_pruned_step():
+    from fastvar.pruning.fastvar import kept_masks
+
+    scales = [(1, 1), (1, 2), (2, 3)]
+    # values 0,-3,2,0.1,5,0.2 (mean 0.717): squared distances .51, 13.8, 1.65, .38, 18.4, .27 -> keep 4, 1, 2
+    x = torch.tensor([0.0, -3.0, 2.0, 0.1, 5.0, 0.2]).view(1, 6, 1).repeat(4, 1, 1)  # 2 images x 2 CFG rows
+    _, ctx = run_branch_steps(PruningSchedule(ratios=(0.5,)), scales, [torch.zeros(4, 1, 1), torch.zeros(4, 2, 1), x],
+                              lambda z: z)
+    masks = kept_masks(ctx, rows=2)
+    assert list(masks) == [2] and masks[2].shape == (2, 2, 3)
+    assert masks[2][0].tolist() == [[False, True, True], [False, True, False]]
+
+
 def test_only_listed_layers_prune_and_cache():
     scales = [(1, 1), (2, 2), (4, 4)]
     inputs = [torch.randn(2, 1, 3), torch.randn(2, 4, 3), torch.randn(2, 16, 3)]
     outs, ctx = run_branch_steps(PruningSchedule(ratios=(0.5,), layers=(1,)), scales, inputs, lambda z: z + 1, depth=3)
     assert torch.equal(outs[2][0], inputs[2] + 1) and torch.equal(outs[2][2], inputs[2] + 1)
     assert not torch.equal(outs[2][1], inputs[2] + 1)
-    assert set(k[0] for k in ctx.pruning_state if k[0] != "selection") == {1}
+    assert {k[0] for k in ctx.pruning_state if isinstance(k[0], int)} == {1}  # restoration caches: layer 1 only
 
 
 def test_block_granularity_selects_once_per_block():

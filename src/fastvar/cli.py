@@ -65,6 +65,21 @@ def cmd_generate(args: argparse.Namespace) -> None:
           f"skipped {out.stats['skipped_steps']}, pruned {out.stats['pruned_steps']}, transformer loop {total_ms:.0f} ms)")
     if args.stats:
         Path(args.stats).write_text(json.dumps(out.stats, indent=1))
+    if args.save_masks:
+        _save_masks(out, paths, Path(args.save_masks))
+
+
+def _save_masks(out, paths: list[Path], folder: Path) -> None:
+    from .outputs import mask_overlay
+
+    if not out.kept_masks:
+        raise FastVARError("--save-masks needs a pruning schedule that prunes some step (--pruning ...)")
+    folder.mkdir(parents=True, exist_ok=True)
+    for si, masks in sorted(out.kept_masks.items()):
+        h, w = masks.shape[1:]
+        for image, mask, path in zip(out.images, masks, paths):
+            mask_overlay(image, mask).save(folder / f"{path.stem}_step{si}_{h}x{w}.png")
+    print(f"wrote pruned-token maps of steps {sorted(out.kept_masks)} to {folder}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -98,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="fp32")
     g.add_argument("--out", default="out.png", help="output PNG (several images: out_0.png, out_1.png, ...)")
     g.add_argument("--stats", help="write per-step statistics as JSON here")
+    g.add_argument("--save-masks", metavar="DIR", help="write each pruned step's image with pruned slots dimmed")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
 

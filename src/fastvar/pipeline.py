@@ -11,6 +11,7 @@ from .core.loop import NextScaleModel, run_scales
 from .errors import FastVARError
 from .outputs import GenerationOutput, check_output_type, format_images
 from .pruning import PruningSchedule, resolve_pruning
+from .pruning.fastvar import kept_masks
 
 BACKBONES = ("var", "infinity", "hart", "demo")
 
@@ -44,10 +45,10 @@ class Pipeline:
     @staticmethod
     def output(images: torch.Tensor, tokens: list[torch.Tensor], ctx: GenerationContext, *, output_type: str,
                return_tokens: bool) -> GenerationOutput:
-        stats = ctx.stats()
+        stats, masks = ctx.stats(), kept_masks(ctx, rows=images.shape[0])
         ctx.release()
         return GenerationOutput(images=format_images(images, output_type), tokens=tokens if return_tokens else None,
-                                stats=stats)
+                                stats=stats, kept_masks=masks)
 
 
 def resolve_generator(seed: int | None, generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:

@@ -188,6 +188,7 @@ class FastVARPruner:
             ctx.pruning_state[(layer, name)] = (out, ctx.hw)
             return out
         idx = self._selection(ctx, layer, x)
+        ctx.pruning_state.setdefault(("kept", si), idx)  # the step's first selection, for pruned-token maps
         ctx.keep_idx = idx
         try:
             computed = fn(gather_tokens(x, idx))
@@ -207,6 +208,17 @@ class FastVARPruner:
             idx = select_pivotal_tokens(x, k)
             ctx.pruning_state[key] = (ctx.si, idx)
         return idx
+
+
+def kept_masks(ctx: GenerationContext, rows: int) -> dict[int, torch.Tensor]:
+    """Per pruned step, a (rows, h, w) bool map of the tokens the first pruned branch kept (paper Fig. 7)."""
+    masks = {}
+    for key, idx in ctx.pruning_state.items():
+        if key[0] == "kept":
+            h, w = ctx.scales[key[1]]
+            mask = torch.zeros(idx.shape[0], h * w, dtype=torch.bool, device=idx.device).scatter_(1, idx, True)
+            masks[key[1]] = mask[:rows].view(rows, h, w).cpu()
+    return masks
 
 
 def describe(schedule: PruningSchedule, scales: Iterable[tuple[int, int]], depth: int) -> list[dict]:

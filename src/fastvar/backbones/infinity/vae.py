@@ -52,11 +52,10 @@ class InfinityVAEConfig:
     test_mode: bool = True  # official: eval mode, no grad (always the case here)
 
     def __post_init__(self) -> None:
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
-        set_("encoder_ch_mult", tuple(self.encoder_ch_mult))
-        set_("decoder_ch_mult", tuple(self.decoder_ch_mult))
+        object.__setattr__(self, "encoder_ch_mult", tuple(self.encoder_ch_mult))  # frozen dataclass
+        object.__setattr__(self, "decoder_ch_mult", tuple(self.decoder_ch_mult))
         if self.codebook_size is None:
-            set_("codebook_size", 2**self.codebook_dim)
+            object.__setattr__(self, "codebook_size", 2**self.codebook_dim)
         if self.codebook_size != 2**self.codebook_dim:
             raise FastVARError(
                 f"codebook_size {self.codebook_size} must be 2**codebook_dim = {2**self.codebook_dim} "
@@ -289,7 +288,7 @@ class InfinityVAE(nn.Module):
         B = bits.shape[0]
         if self.cfg.apply_spatial_patchify:
             bits = F.pixel_unshuffle(bits.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)  # (B, H/2, W/2, 4d)
-        return bits.reshape(B, -1, self.cfg.token_dim)
+        return bits.reshape(B, -1, self.cfg.token_dim).contiguous()
 
     def _bsq(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``BSQ.forward`` (new_quant): (B,d,1,h,w) -> (quantized (B,d,1,h,w), bits (B,h,w,d) uint8)."""
@@ -315,7 +314,7 @@ class InfinityVAE(nn.Module):
         sign/sqrt(d), upsample the codes back trilinearly, subtract them from the residual and add them to z.
         """
         schedule = self.schedule_hw(scale_schedule)
-        B, d, H, W = raw.shape
+        H, W = raw.shape[-2:]
         if self._latent_hw(schedule[-1]) != (H, W):
             raise FastVARError(f"last scale {schedule[-1]} does not match the VAE latent grid {(H, W)}")
         residual = raw.unsqueeze(2)  # (B, d, 1, H, W)
@@ -348,13 +347,16 @@ class InfinityVAE(nn.Module):
             if hw is None:
                 raise FastVARError("bits_to_codes needs hw=(h, w) for flattened (B, h*w, d) bits")
             bits = bits.reshape(bits.shape[0], int(hw[0]), int(hw[1]), bits.shape[-1])
+        bits = bits.contiguous()  # as the AR loop's sampled bits (the layout decides later kernels)
         if bits.shape[-1] != self.cfg.token_dim:
             raise FastVARError(f"bits have {bits.shape[-1]} channels, the VAE expects {self.cfg.token_dim}")
         if self.cfg.apply_spatial_patchify:
             bits = F.pixel_shuffle(bits.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)  # (B, 2h, 2w, d)
-        scale = 1.0 / math.sqrt(self.cfg.codebook_dim)
-        codes = F.normalize(bits.float() * scale * 2 - scale, dim=-1)  # (B, H, W, d)
-        return codes.permute(0, 3, 1, 2)  # (B, d, H, W)
+        B, H, W, d = bits.shape
+        scale = 1.0 / math.sqrt(d)
+        # the official shape (B, 1, H, W, 1, d): it decides the memory layout of the result, hence later kernels
+        codes = F.normalize(bits[:, None, :, :, None, :].float() * scale * 2 - scale, dim=-1)
+        return codes.reshape(B, H, W, d).permute(0, 3, 1, 2)  # (B, d, H, W)
 
     def upsample_codes(self, codes: Tensor, size: Sequence[int]) -> Tensor:
         """Codes (B,d,h,w) -> latent grid of token grid ``size`` (the official trilinear on (B,d,1,h,w))."""
