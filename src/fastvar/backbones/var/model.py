@@ -150,7 +150,7 @@ class VAR(nn.Module):
         return self.lvl_embed(levels).unsqueeze(0) + self.pos_1LC
 
     def logits(self, x: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_nm(x.float(), cond_BD).float()).float()
+        return self.head(self.head_nm(x, cond_BD)).float()
 
     # ---- next-scale protocol -------------------------------------------------------------------------------
     def prepare(self, labels: torch.Tensor, *, cfg: float, top_k: int, top_p: float, more_smooth: bool) -> VARState:
@@ -158,7 +158,7 @@ class VAR(nn.Module):
         cond_BD = self.class_emb(torch.cat((labels, torch.full_like(labels, self.cfg.num_classes))))
         pn = self.patch_nums[-1]
         return VARState(B=B, cond_BD=cond_BD, ada_cond=self.shared_ada_lin(cond_BD),
-                        f_hat=cond_BD.new_zeros(B, self.Cvae, pn, pn), cfg=cfg, top_k=top_k, top_p=top_p,
+                        f_hat=torch.zeros(B, self.Cvae, pn, pn, device=cond_BD.device), cfg=cfg, top_k=top_k, top_p=top_p,
                         more_smooth=more_smooth)
 
     def scale_input(self, state: VARState, ctx: GenerationContext) -> torch.Tensor:
@@ -169,7 +169,7 @@ class VAR(nn.Module):
             B2 = state.cond_BD.shape[0]
             return state.cond_BD.unsqueeze(1).expand(B2, self.first_l, -1) + self.pos_start.expand(B2, -1, -1) + lvl_pos
         tokens = F.interpolate(state.f_hat, size=(pn, pn), mode="area").view(state.B, self.Cvae, -1).transpose(1, 2)
-        return (self.word_embed(tokens) + lvl_pos).repeat(2, 1, 1)  # both CFG halves see the same input
+        return (self.word_embed(tokens.to(lvl_pos.dtype)) + lvl_pos).repeat(2, 1, 1)  # both CFG halves see the same input
 
     def sample(self, x: torch.Tensor, state: VARState, ctx: GenerationContext) -> torch.Tensor:
         B, ratio = state.B, ctx.si / (len(self.patch_nums) - 1)
@@ -200,7 +200,7 @@ class VAR(nn.Module):
         B = labels.shape[0]
         cond_BD = self.class_emb(labels)
         sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1)
-        x = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l.float())), dim=1) + self.lvl_pos()
+        x = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l.to(sos.dtype))), dim=1) + self.lvl_pos()
         levels = torch.cat([torch.full((pn * pn,), i) for i, pn in enumerate(self.patch_nums)]).to(x.device)
         ctx = GenerationContext(self.scales)
         ctx.attn_mask = torch.where(levels[:, None] >= levels[None, :], 0.0, -torch.inf).to(x.dtype)  # (L, L)
