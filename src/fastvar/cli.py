@@ -37,7 +37,7 @@ def _output_paths(out: Path, n: int) -> list[Path]:
     return [out] if n == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
+def load_from_args(args: argparse.Namespace):
     from . import load_pipeline
 
     backbone, config = split_model(args.model)
@@ -47,14 +47,31 @@ def cmd_generate(args: argparse.Namespace) -> None:
     pipe = load_pipeline(backbone, vae=args.vae, transformer=args.transformer, config=config, device=args.device,
                          dtype=_dtype(args.dtype), random_weights=args.random_weights)
     pipe.set_progress_bar_config(disable=args.quiet)
+    return backbone, pipe
+
+
+def sampling_kwargs(backbone: str, args: argparse.Namespace) -> dict:
+    """Sampling options for the backbone's ``__call__``; unset values keep each backbone's official defaults."""
+    kwargs = {k: v for k, v in (("cfg", args.cfg), ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
+    if backbone == "var":
+        return dict(kwargs, more_smooth=args.more_smooth)
+    raise FastVARError(f"generation for {backbone} is not available yet")
+
+
+def conditions(backbone: str, args: argparse.Namespace) -> list[dict]:
+    """One keyword dict per image to generate."""
     if backbone == "var":
         if args.prompt:
             raise FastVARError("VAR is class-conditional: use --class N instead of a prompt")
-        kwargs = dict(class_labels=args.class_labels or None, num_images=args.num_images, cfg=args.cfg,
-                      top_k=args.top_k if args.top_k is not None else 900,
-                      top_p=args.top_p if args.top_p is not None else 0.95, more_smooth=args.more_smooth)
-    else:
-        raise FastVARError(f"generation for {backbone} is not available yet")
+        return [{"class_labels": [c]} for c in (args.class_labels or [])]
+    raise FastVARError(f"generation for {backbone} is not available yet")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    backbone, pipe = load_from_args(args)
+    kwargs = sampling_kwargs(backbone, args)
+    if backbone == "var":
+        kwargs.update(class_labels=args.class_labels or None, num_images=args.num_images)
     out = pipe(seed=args.seed, pruning=args.pruning, timed=True, **kwargs)
     paths = _output_paths(Path(args.out), len(out.images))
     for image, path in zip(out.images, paths):
@@ -82,6 +99,43 @@ def _save_masks(out, paths: list[Path], folder: Path) -> None:
     print(f"wrote pruned-token maps of steps {sorted(out.kept_masks)} to {folder}")
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        if "-" in text:
+            a, b = text.split("-")
+            return list(range(int(a), int(b) + 1))
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise FastVARError(f"bad --seeds {text!r}: use a range like 0-63 or a list like 0,1,2") from None
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .eval.runner import evaluate, image_grid, markdown_table
+    from .pruning import resolve_pruning
+
+    backbone, pipe = load_from_args(args)
+    pipe.set_progress_bar_config(disable=True)
+    conds = conditions(backbone, args)
+    if not conds:
+        raise FastVARError("fastvar eval needs at least one --class (or prompt)")
+    names = [n.strip() for n in args.schedules.split("|") if n.strip()]
+    schedules = {n: resolve_pruning(n) for n in names}
+    seeds = _seeds(args.seeds)
+    report = lambda i, n: print(f"\r{i}/{n} runs", end="", file=sys.stderr, flush=True)  # noqa: E731
+    rows, grid = evaluate(pipe, conds, seeds, schedules, progress=None if args.quiet else report,
+                          grid_images=args.grid_rows if args.grid else 0, **sampling_kwargs(backbone, args))
+    print(file=sys.stderr)
+    table = markdown_table(rows)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "seeds": seeds, "conditions": conds}, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    if args.grid:
+        captions = [f"{c} seed {s}" for c in conds for s in seeds][: len(grid)]
+        image_grid(grid, ["baseline", *names], captions).save(args.grid)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from .info import describe, format_description
 
@@ -90,32 +144,47 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(json.dumps(d, indent=1, default=str) if args.json else format_description(d))
 
 
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", nargs="*", help="text prompt(s) (text-to-image models)")
+    p.add_argument("--model", required=True, help="registry name, e.g. var-d16 (or a backbone name with --config)")
+    p.add_argument("--config", help="registry name or JSON file of constructor arguments (golden config.json format)")
+    p.add_argument("--vae", help="VAE / tokenizer checkpoint")
+    p.add_argument("--transformer", help="transformer checkpoint")
+    p.add_argument("--random-weights", action="store_true", help="random weights (smoke tests; images are noise)")
+    p.add_argument("--class", dest="class_labels", type=int, action="append", help="class label (repeatable)")
+    p.add_argument("--cfg", type=float, help="guidance scale (default: the backbone's official default)")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing (official visual option)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastvar", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate images")
-    g.add_argument("prompt", nargs="*", help="text prompt(s) (text-to-image models)")
-    g.add_argument("--model", required=True, help="registry name, e.g. var-d16 (or a backbone name with --config)")
-    g.add_argument("--config", help="registry name or JSON file of constructor arguments (golden config.json format)")
-    g.add_argument("--vae", help="VAE / tokenizer checkpoint")
-    g.add_argument("--transformer", help="transformer checkpoint")
-    g.add_argument("--random-weights", action="store_true", help="random weights (smoke tests; images are noise)")
-    g.add_argument("--class", dest="class_labels", type=int, action="append", help="class label (repeatable)")
+    add_model_args(g)
     g.add_argument("--num-images", type=int, help="images to draw when no class label is given")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--cfg", type=float, default=4.0)
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing (official visual option)")
     g.add_argument("--pruning", help="FastVAR preset (infinity-paper, hart-paper) or schedule like '0.4,0.5,1,1;layers=3:28'")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--dtype", default="fp32")
     g.add_argument("--out", default="out.png", help="output PNG (several images: out_0.png, out_1.png, ...)")
     g.add_argument("--stats", help="write per-step statistics as JSON here")
     g.add_argument("--save-masks", metavar="DIR", help="write each pruned step's image with pruned slots dimmed")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("eval", help="speed and fidelity of pruning schedules against the unpruned output")
+    add_model_args(e)
+    e.add_argument("--seeds", default="0-3", help="seed range 0-63 or list 0,1,2")
+    e.add_argument("--schedules", required=True,
+                   help="'|'-separated presets or schedule strings, e.g. 'infinity-paper|0.5,1|0.4,0.5;granularity=block'")
+    e.add_argument("--json", help="write the table as JSON here")
+    e.add_argument("--markdown", help="write the table as markdown here")
+    e.add_argument("--grid", help="write a side-by-side image grid (baseline, then each schedule) here")
+    e.add_argument("--grid-rows", type=int, default=8)
+    e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="describe checkpoint files or folders")
     i.add_argument("checkpoint", nargs="+")

@@ -1,0 +1,117 @@
+"""``fastvar eval``: generate with and without each pruning schedule and report speed and fidelity."""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageDraw
+
+from ..outputs import format_images
+from .fidelity import psnr, ssim, token_agreement
+
+
+def tokens_forwarded(stats: dict, depth: int) -> float:
+    """Tokens each block forwards per image, averaged over blocks and summed over the computed steps."""
+    total = 0.0
+    for step in stats["steps"]:
+        if step["skipped"]:
+            continue
+        kept = step.get("kept_per_layer", {})
+        total += (sum(kept.values()) + (depth - len(kept)) * step["tokens"]) / depth
+    return total
+
+
+@dataclass
+class ScheduleResult:
+    name: str
+    loop_ms: list[float] = field(default_factory=list)
+    tokens: list[float] = field(default_factory=list)
+    psnr: list[float] = field(default_factory=list)
+    ssim: list[float] = field(default_factory=list)
+    agreement: dict[int, list[float]] = field(default_factory=dict)  # step -> per-run token agreement
+    skipped: list[int] = field(default_factory=list)
+
+    def summary(self, baseline: ScheduleResult | None) -> dict:
+        finite = [p for p in self.psnr if p != float("inf")]
+        row = {
+            "schedule": self.name,
+            "runs": len(self.loop_ms),
+            "tokens_forwarded": round(statistics.mean(self.tokens), 1),
+            "loop_ms_median": round(statistics.median(self.loop_ms), 2),
+            "skipped_steps": self.skipped,
+        }
+        if baseline is not None:
+            row["speedup"] = round(statistics.median(baseline.loop_ms) / statistics.median(self.loop_ms), 3)
+            row["tokens_ratio"] = round(statistics.mean(baseline.tokens) / statistics.mean(self.tokens), 3)
+            row["psnr_db_mean"] = round(statistics.mean(finite), 2) if finite else float("inf")
+            row["identical_images"] = len(self.psnr) - len(finite)
+            row["ssim_mean"] = round(statistics.mean(self.ssim), 4)
+            row["token_agreement_per_step"] = {s: round(statistics.mean(v), 4) for s, v in sorted(self.agreement.items())}
+        return row
+
+
+def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], schedules: dict, *, progress=None,
+             grid_images: int = 0, **call_kwargs) -> tuple[list[dict], list[list[Image.Image]]]:
+    """Run every (condition, seed) unpruned and under each schedule; returns summary rows and image rows for a grid.
+
+    ``conditions`` are keyword dicts for one image each (``{"class_labels": [207]}`` or ``{"prompts": ["a cat"]}``).
+    """
+    depth = len(pipe.model.blocks)
+    base = ScheduleResult("none (baseline)")
+    results = {name: ScheduleResult(name) for name in schedules}
+    grid: list[list[Image.Image]] = []
+    runs = [(c, s) for c in conditions for s in seeds]
+    for i, (cond, seed) in enumerate(runs):
+        ref = pipe(**cond, seed=seed, pruning=None, output_type="pt", return_tokens=True, timed=True, **call_kwargs)
+        _record(base, ref, depth)
+        row = format_images(ref.images, "pil")[:1] if i < grid_images else None
+        for name, spec in schedules.items():
+            out = pipe(**cond, seed=seed, pruning=spec, output_type="pt", return_tokens=True, timed=True, **call_kwargs)
+            r = results[name]
+            _record(r, out, depth)
+            r.psnr += psnr(out.images, ref.images).tolist()
+            r.ssim += ssim(out.images, ref.images).tolist()
+            steps = [s["step"] for s in out.stats["steps"] if not s["skipped"]]
+            for step, a, b in zip(steps, out.tokens, ref.tokens):
+                r.agreement.setdefault(step, []).append(token_agreement(a, b))
+            if row is not None:
+                row += format_images(out.images, "pil")[:1]
+        if row is not None:
+            grid.append(row)
+        if progress:
+            progress(i + 1, len(runs))
+    rows = [base.summary(None)] + [r.summary(base) for r in results.values()]
+    return rows, grid
+
+
+def _record(r: ScheduleResult, out, depth: int) -> None:
+    r.loop_ms.append(sum(s.get("ms", 0.0) for s in out.stats["steps"]))
+    r.tokens.append(tokens_forwarded(out.stats, depth))
+    r.skipped = out.stats["skipped_steps"]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = "| schedule | tokens forwarded / image | loop ms (median) | speedup | PSNR dB (mean) | SSIM (mean) | token agreement at pruned/last steps |"
+    lines = [head, "|" + "---|" * 7]
+    for r in rows:
+        agree = r.get("token_agreement_per_step", {})
+        last = ", ".join(f"{s}: {v:.3f}" for s, v in list(agree.items())[-3:])
+        lines.append(f"| {r['schedule']} | {r['tokens_forwarded']:.0f} | {r['loop_ms_median']:.1f} | "
+                     f"{r.get('speedup', 1.0):.2f}x | {r.get('psnr_db_mean', '-')} | {r.get('ssim_mean', '-')} | {last or '-'} |")
+    return "\n".join(lines)
+
+
+def image_grid(rows: list[list[Image.Image]], header: Sequence[str], captions: Sequence[str]) -> Image.Image:
+    """Rows of images (baseline first) with the schedule names on top and a caption under each row."""
+    w, h = rows[0][0].size
+    pad = 14
+    grid = Image.new("RGB", (w * len(rows[0]), pad + (h + pad) * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for j, name in enumerate(header):
+        draw.text((j * w + 2, 1), name, fill="black")
+    for i, (row, caption) in enumerate(zip(rows, captions)):
+        for j, image in enumerate(row):
+            grid.paste(image, (j * w, pad + i * (h + pad)))
+        draw.text((2, pad + i * (h + pad) + h + 1), caption, fill="black")
+    return grid
