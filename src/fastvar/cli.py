@@ -136,6 +136,31 @@ def cmd_eval(args: argparse.Namespace) -> None:
         image_grid(grid, ["baseline", *names], captions).save(args.grid)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .eval.bench import format_results, plot, run_bench
+
+    backbone, pipe = load_from_args(args)
+    pipe.set_progress_bar_config(disable=True)
+    resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else [None]
+    prunings = [p.strip() for p in args.pruning.split("|")]
+    configs = []
+    for resolution in resolutions:
+        for pruning in prunings:
+            cfg = pipe.bench_config(args.batch, resolution)
+            cfg["kwargs"].update(pruning=None if pruning == "none" else pruning, **sampling_kwargs(backbone, args))
+            cfg.update(label=f"{cfg['resolution']}px b{args.batch} {pruning}", group=cfg["resolution"], pruning=pruning)
+            configs.append(cfg)
+    results = run_bench(pipe, configs, warmup=args.warmup, repeats=args.repeats, peak_tflops=args.peak_tflops)
+    device = torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"{args.model} on {device}, dtype {args.dtype}, warm runs: {args.warmup} warm-up + {args.repeats} timed")
+    print(format_results(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"model": args.model, "device": device, "dtype": args.dtype,
+                                              "torch": torch.__version__, "results": results}, indent=1, default=str))
+    if args.plot:
+        plot(results, args.plot)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from .info import describe, format_description
 
@@ -185,6 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--grid", help="write a side-by-side image grid (baseline, then each schedule) here")
     e.add_argument("--grid-rows", type=int, default=8)
     e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="warm latency, memory and TFLOP/s per resolution and pruning schedule")
+    add_model_args(b)
+    b.add_argument("--resolutions", help="comma list of image sizes (default: the model's own)")
+    b.add_argument("--pruning", default="none", help="'|'-separated schedules, e.g. 'none|infinity-paper'")
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--peak-tflops", type=float, help="the device's dense peak, to report the share achieved")
+    b.add_argument("--out", help="write results as JSON here")
+    b.add_argument("--plot", help="write a latency/memory plot (PNG) here")
+    b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("info", help="describe checkpoint files or folders")
     i.add_argument("checkpoint", nargs="+")

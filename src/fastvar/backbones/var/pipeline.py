@@ -95,6 +95,14 @@ class VARPipeline(Pipeline):
         images = self.vae.fhat_to_img(state.f_hat).add(1).mul(0.5)
         return self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens)
 
+    def bench_config(self, batch: int, resolution: int | None) -> dict:
+        """Call arguments and work-count facts for ``fastvar bench`` (random labels; VAR's size is fixed)."""
+        if resolution not in (None, self.spec.image_size):
+            raise FastVARError(f"this VAR model generates {self.spec.image_size}px images only, not {resolution}")
+        labels = torch.arange(batch) % self.spec.var.num_classes
+        return {"kwargs": {"class_labels": labels.tolist(), "seed": 0}, "rows": 2 * batch,
+                "resolution": self.spec.image_size}
+
     def _labels(self, class_labels, num_images: int | None, rng: torch.Generator | None) -> torch.Tensor:
         n = self.spec.var.num_classes
         if class_labels is None:

@@ -1,0 +1,142 @@
+"""``fastvar bench``: warm latency, peak memory, tokens and achieved TFLOP/s per (resolution, pruning) configuration.
+
+What is timed: the whole pipeline call (``total_ms``: conditioning, the next-scale loop, VAE decode) after ``warmup``
+untimed calls, and inside it the transformer loop alone (``loop_ms``: the sum of the per-step times, each step
+synchronised on CUDA). ``other_ms = total_ms - loop_ms`` is text encoding, sampling set-up and VAE decode (the paper's
+numbers exclude those). Work is counted from what actually ran (tokens forwarded per layer, keys attended), so
+pruned and skipped steps count less: ``transformer_tflop`` and ``achieved_tflops`` = work / loop time.
+"""
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .runner import tokens_forwarded
+
+EXCLUDED_LINEARS = ("ada_lin", "mat_kv")  # per-image condition projections and text-side K/V, not per image token
+
+
+def token_linear_params(block: nn.Module) -> int:
+    """Weights every image token of a block multiplies (attention projections, FFN)."""
+    return sum(m.weight.numel() for name, m in block.named_modules()
+               if isinstance(m, nn.Linear) and not any(e in name for e in EXCLUDED_LINEARS))
+
+
+def transformer_flops(model: nn.Module, stats: dict, rows: int, text_tokens: int = 0, prefix_tokens: int = 0) -> float:
+    """FLOPs of the block stack for one call: 2 x linear weights per token, 4 x C per (query, key) pair in
+    self-attention (QK^T and AV) and per (query, text token) in cross-attention. ``rows`` = batch incl. CFG."""
+    blocks = list(model.blocks)
+    width = blocks[0].C if hasattr(blocks[0], "C") else model.cfg.embed_dim
+    linear = [token_linear_params(b) for b in blocks]
+    keys = [prefix_tokens] * len(blocks)
+    flops = 0.0
+    for step in stats["steps"]:
+        if step["skipped"]:
+            continue
+        kept = step.get("kept_per_layer", {})
+        for i in range(len(blocks)):
+            q = kept.get(str(i), step["tokens"])
+            keys[i] += q
+            flops += rows * (2 * linear[i] * q + 4 * width * q * keys[i] + 4 * width * q * text_tokens)
+    return flops
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+def bench_one(call: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict:
+    """Time ``call`` (returns a GenerationOutput with timed stats) ``repeats`` times after ``warmup`` calls."""
+    for _ in range(warmup):
+        call()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    totals, loops, out = [], [], None
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = call()
+        _sync(device)
+        totals.append((time.perf_counter() - t0) * 1e3)
+        loops.append(sum(s.get("ms", 0.0) for s in out.stats["steps"]))
+    return {
+        "total_ms_median": statistics.median(totals), "total_ms_min": min(totals), "total_ms_max": max(totals),
+        "loop_ms_median": statistics.median(loops), "loop_ms_min": min(loops), "loop_ms_max": max(loops),
+        "other_ms_median": statistics.median(t - l for t, l in zip(totals, loops)),
+        "peak_memory_mb": round(_peak_memory_mb(device), 1),
+        "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
+        "stats": out.stats,
+    }
+
+
+def run_bench(pipe, configs: list[dict], *, warmup: int, repeats: int, peak_tflops: float | None = None) -> list[dict]:
+    """``configs``: dicts with ``label``, ``kwargs`` (the pipeline call), ``rows`` (batch incl. CFG) and optional
+    ``text_tokens`` / ``prefix_tokens`` for the work count. Speedups are against the first config of each group."""
+    results = []
+    for i, cfg in enumerate(configs):
+        print(f"[{i + 1}/{len(configs)}] {cfg['label']}", file=sys.stderr, flush=True)
+        r = bench_one(lambda: pipe(**cfg["kwargs"], timed=True, output_type="pt"), pipe.device, warmup, repeats)
+        flops = transformer_flops(pipe.model, r["stats"], cfg["rows"], cfg.get("text_tokens", 0),
+                                  cfg.get("prefix_tokens", 0))
+        r.update(label=cfg["label"], group=cfg.get("group", ""), pruning=cfg.get("pruning") or "none",
+                 tokens_forwarded=tokens_forwarded(r["stats"], len(pipe.model.blocks)),
+                 transformer_tflop=flops / 1e12,
+                 achieved_tflops=flops / 1e12 / (r["loop_ms_median"] / 1e3))
+        if peak_tflops:
+            r["share_of_peak"] = r["achieved_tflops"] / peak_tflops
+        base = next(b for b in results + [r] if b["group"] == r["group"])
+        r["speedup_total"] = base["total_ms_median"] / r["total_ms_median"]
+        r["speedup_loop"] = base["loop_ms_median"] / r["loop_ms_median"]
+        results.append(r)
+    return results
+
+
+def format_results(results: list[dict]) -> str:
+    lines = ["| config | total ms (median, min-max) | loop ms | other ms | speedup (loop) | tokens forwarded | "
+             "TFLOP | TFLOP/s | peak MB |", "|" + "---|" * 9]
+    for r in results:
+        lines.append(
+            f"| {r['label']} | {r['total_ms_median']:.1f} ({r['total_ms_min']:.1f}-{r['total_ms_max']:.1f}) | "
+            f"{r['loop_ms_median']:.1f} | {r['other_ms_median']:.1f} | {r['speedup_loop']:.2f}x | {r['tokens_forwarded']:.0f} | "
+            f"{r['transformer_tflop']:.4g} | {r['achieved_tflops']:.4g} | {r['peak_memory_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: str) -> None:
+    """Latency and peak memory against tokens per image, one line per pruning schedule (the paper's Fig. 2)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from ..errors import FastVARError
+
+        raise FastVARError("--plot needs matplotlib (pip install matplotlib)") from None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    series: dict[str, list] = {}
+    for r in results:
+        tokens = sum(s["hw"][0] * s["hw"][1] for s in r["stats"]["steps"])
+        series.setdefault(r["pruning"], []).append((tokens, r["loop_ms_median"], r["peak_memory_mb"]))
+    for name, points in series.items():
+        points.sort()
+        ax1.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        ax2.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=name)
+    ax1.set(xlabel="tokens per image (all scales)", ylabel="transformer loop ms", title="latency")
+    ax2.set(xlabel="tokens per image (all scales)", ylabel="peak memory MB", title="memory")
+    ax1.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

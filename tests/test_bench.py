@@ -1,0 +1,44 @@
+"""The benchmark harness on a tiny model: it runs and its report is well formed (no timing asserts)."""
+import json
+
+import torch
+
+from fastvar.cli import main
+from fastvar.eval.bench import token_linear_params, transformer_flops
+
+
+def test_work_count_by_hand():
+    # One block with C=4: linear weights counted per token (ada_lin excluded), attention 4*C per (query, key) pair.
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.C = 4
+            self.attn = torch.nn.Linear(4, 12, bias=False)  # 48 weights
+            self.ada_lin = torch.nn.Linear(4, 24)  # excluded: per image, not per token
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([Block()])
+
+    assert token_linear_params(Model().blocks[0]) == 48
+    stats = {"steps": [{"tokens": 1, "skipped": False}, {"tokens": 4, "skipped": False, "kept_per_layer": {"0": 2}},
+                       {"tokens": 16, "skipped": True}]}
+    # step 0: 1 query, 1 key; step 1: 2 queries, 3 keys; 2 rows (CFG)
+    expected = 2 * ((2 * 48 * 1 + 4 * 4 * 1 * 1) + (2 * 48 * 2 + 4 * 4 * 2 * 3))
+    assert transformer_flops(Model(), stats, rows=2) == expected
+
+
+def test_bench_cli_smoke(golden_var, tmp_path, capsys):
+    r = golden_var.root
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "var", "--config", str(r / "config.json"), "--vae", str(r / "vae.pth"),
+                 "--transformer", str(r / "var.pth"), "--pruning", "none|0.5,1", "--batch", "2",
+                 "--warmup", "1", "--repeats", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert [row["pruning"] for row in rows] == ["none", "0.5,1"]
+    assert rows[0]["speedup_loop"] == 1.0 and rows[1]["tokens_forwarded"] < rows[0]["tokens_forwarded"]
+    assert rows[1]["stats"]["skipped_steps"] == [6]
+    assert all(row["transformer_tflop"] > 0 and row["total_ms_median"] >= row["loop_ms_median"] for row in rows)
+    assert "| config |" in capsys.readouterr().out
