@@ -44,8 +44,11 @@ def load_from_args(args: argparse.Namespace):
     config = args.config or config
     if config is None:
         raise FastVARError(f"--model {backbone} needs --config (a registry name or a JSON file)")
+    extra = {"random_weights": True} if args.random_weights else {}
+    if args.text_encoder:
+        extra["text_encoder"] = args.text_encoder
     pipe = load_pipeline(backbone, vae=args.vae, transformer=args.transformer, config=config, device=args.device,
-                         dtype=_dtype(args.dtype), random_weights=args.random_weights)
+                         dtype=_dtype(args.dtype), **extra)
     pipe.set_progress_bar_config(disable=args.quiet)
     return backbone, pipe
 
@@ -55,7 +58,34 @@ def sampling_kwargs(backbone: str, args: argparse.Namespace) -> dict:
     kwargs = {k: v for k, v in (("cfg", args.cfg), ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
     if backbone == "var":
         return dict(kwargs, more_smooth=args.more_smooth)
-    raise FastVARError(f"generation for {backbone} is not available yet")
+    if args.aspect:
+        kwargs["h_div_w"] = _aspect(args.aspect)
+    if args.resolution:
+        kwargs["resolution"] = int(args.resolution) if args.resolution.isdigit() else args.resolution
+    if backbone == "infinity" and args.tau is not None:
+        kwargs["tau"] = args.tau
+    return kwargs
+
+
+def _aspect(text: str) -> float:
+    """``16:9`` (width:height) -> h/w = 0.5625; a plain number is taken as h/w."""
+    try:
+        if ":" in text:
+            w, h = text.split(":")
+            return float(h) / float(w)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise FastVARError(f"bad --aspect {text!r}: use width:height like 16:9, or h/w as a number") from None
+
+
+def prompts_of(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise FastVARError(f"prompts file not found: {path}")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return prompts
 
 
 def conditions(backbone: str, args: argparse.Namespace) -> list[dict]:
@@ -64,7 +94,9 @@ def conditions(backbone: str, args: argparse.Namespace) -> list[dict]:
         if args.prompt:
             raise FastVARError("VAR is class-conditional: use --class N instead of a prompt")
         return [{"class_labels": [c]} for c in (args.class_labels or [])]
-    raise FastVARError(f"generation for {backbone} is not available yet")
+    if args.class_labels:
+        raise FastVARError(f"{backbone} is text-to-image: give prompts, not --class")
+    return [{"prompts": [p]} for p in prompts_of(args)]
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -72,6 +104,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     kwargs = sampling_kwargs(backbone, args)
     if backbone == "var":
         kwargs.update(class_labels=args.class_labels or None, num_images=args.num_images)
+    else:
+        prompts = prompts_of(args)
+        if not prompts:
+            raise FastVARError(f"{backbone} needs a prompt: fastvar generate --model {args.model} ... \"a red apple\"")
+        kwargs["prompts"] = prompts
     out = pipe(seed=args.seed, pruning=args.pruning, timed=True, **kwargs)
     paths = _output_paths(Path(args.out), len(out.images))
     for image, path in zip(out.images, paths):
@@ -181,6 +218,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
     p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing (official visual option)")
+    p.add_argument("--text-encoder", help="local text model folder (Flan-T5 for Infinity, Qwen2 for HART)")
+    p.add_argument("--prompts-file", help="one prompt per line")
+    p.add_argument("--aspect", help="aspect ratio width:height (nearest template is used), e.g. 16:9")
+    p.add_argument("--resolution", help="image size / schedule (Infinity: 256/512/768/1024 or 0.06M..1M)")
+    p.add_argument("--tau", type=float, help="Infinity logit temperature (official 0.5 for 2B, 1.0 for 8B)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--quiet", action="store_true", help="no progress output")
