@@ -136,6 +136,12 @@ def test_schedule_string_form_and_presets():
     assert PruningSchedule.parse("0.5;layers=0,2").layers == (0, 2)
 
 
+def test_presets_clip_layers_to_a_shallower_model():
+    assert PRESETS["infinity-paper"].pruner(13, 4).layers == {3}
+    with pytest.raises(FastVARError, match="outside the model"):
+        PruningSchedule(ratios=(0.5,), layers=tuple(range(3, 28))).pruner(13, 4)
+
+
 def test_infinity_paper_plan_on_the_1m_schedule():
     scales = [(p, p) for p in (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64)]
     rows = describe(PRESETS["infinity-paper"], scales, depth=32)

@@ -68,6 +68,14 @@ def load_pipeline(backbone: str, **kwargs) -> Pipeline:
         from .backbones.var.pipeline import VARPipeline
 
         return VARPipeline.from_files(**{k: v for k, v in kwargs.items() if k != "text_encoder" or v is not None})
+    if backbone == "hart":
+        from .backbones.hart.pipeline import HARTPipeline
+
+        return HARTPipeline.from_files(**kwargs)
+    if backbone == "infinity":
+        from .backbones.infinity.pipeline import InfinityPipeline
+
+        return InfinityPipeline.from_files(**kwargs)
     raise FastVARError(f"unknown or not yet supported backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
 
 

@@ -35,6 +35,8 @@ class PruningSchedule:
     residual branch (the authors' choice), "block" selects once per block from its input (cheaper).
     ``cache_step``: the step whose branch outputs fill pruned tokens (None: the step before the first pruned one;
     negative counts from the end). ``enabled=False`` turns the whole method off (bit-identical to the backbone).
+    ``clip_layers``: drop listed layers beyond the model's depth instead of raising (presets written for a release,
+    like the authors' ``range(3, 28)``, then mean the same on a shallower model).
     """
 
     ratios: tuple[float, ...]
@@ -42,6 +44,7 @@ class PruningSchedule:
     granularity: str = "sublayer"
     cache_step: int | None = None
     enabled: bool = True
+    clip_layers: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
@@ -97,7 +100,7 @@ class PruningSchedule:
 
 PRESETS: dict[str, PruningSchedule] = {
     # Paper, Infinity-2B 1024²: cache at 24x24, prune 32x32 by 40% and 40x40 by 50%, skip 48 and 64; blocks 3..27.
-    "infinity-paper": PruningSchedule(ratios=(0.4, 0.5, 1.0, 1.0), layers=tuple(range(3, 28))),
+    "infinity-paper": PruningSchedule(ratios=(0.4, 0.5, 1.0, 1.0), layers=tuple(range(3, 28)), clip_layers=True),
     # Paper, HART-0.7B 1024²: cache at 36, prune 48 by 50% and 64 by 75%, every block.
     "hart-paper": PruningSchedule(ratios=(0.5, 0.75)),
 }
@@ -156,6 +159,8 @@ class FastVARPruner:
         self.skipped = {si for si, r in ratios.items() if r >= 1.0}
         self.ratio = {si: r for si, r in ratios.items() if 0.0 < r < 1.0}
         layers = schedule.layers if schedule.layers is not None else tuple(range(depth))
+        if schedule.clip_layers:
+            layers = tuple(i for i in layers if i < depth)
         outside = [i for i in layers if not 0 <= i < depth]
         if outside:
             raise FastVARError(f"pruning layers {outside} outside the model's blocks 0..{depth - 1}")

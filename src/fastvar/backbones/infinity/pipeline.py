@@ -1,0 +1,142 @@
+"""Text-to-image Infinity generation from the official checkpoints (``tools/run_infinity.py gen_one_img``)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ...core.loading import StateDict, build_and_load, read_state_dict
+from ...core.sampling import check_sampling_args
+from ...errors import CheckpointError, FastVARError
+from ...outputs import GenerationOutput, check_output_type
+from ...pipeline import Pipeline, resolve_generator
+from ...pruning import PruningSchedule
+from . import schedules
+from .config import CONFIGS, InfinityModelSpec, load_spec
+from .model import Infinity
+from .text import T5TextEncoder, TextCondition, as_text_condition
+from .vae import DERIVED_KEYS as VAE_DERIVED
+from .vae import InfinityVAE
+
+# buffers the official code recomputes or pops in Infinity.load_state_dict
+INFINITY_DERIVED = [r".*zero_k_bias", r"lvl_1L", r"attn_bias_for_masking", r"Infinity_visible_kvlen",
+                    r"Infinity_invisible_qlen"]
+
+
+def guess_release(sd: StateDict) -> str:
+    """A hint naming the release an Infinity transformer state dict looks like (for error messages)."""
+    if "word_embed.weight" not in sd or "cfg_uncond" not in sd:
+        return "this does not look like an Infinity transformer checkpoint (no word_embed.weight / cfg_uncond)"
+    blocks = {k.rsplit(".sa.", 1)[0] for k in sd if ".sa.mat_qkv." in k}
+    width = sd["word_embed.weight"].shape[0]
+    matches = [n for n, s in CONFIGS.items() if s.infinity.depth == len(blocks) and s.infinity.embed_dim == width]
+    found = f"depth {len(blocks)}, width {width}"
+    return f"the checkpoint has {found}: try config={matches[0]!r}" if matches else f"the checkpoint has {found}"
+
+
+class InfinityPipeline(Pipeline):
+    def __init__(self, spec: InfinityModelSpec, vae: InfinityVAE, model: Infinity, device: torch.device,
+                 text_encoder: T5TextEncoder | None = None):
+        self.spec, self.vae, self.model, self.device, self.text_encoder = spec, vae, model, device, text_encoder
+
+    @classmethod
+    def from_files(cls, vae: str | Path, transformer: str | Path, config: str | Path | dict = "infinity-2b",
+                   text_encoder: str | Path | None = None, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> InfinityPipeline:
+        """Load the BSQ-VAE, the transformer and (optionally) a local T5 folder (Flan-T5-XL for the releases).
+
+        ``dtype`` applies to the transformer blocks only (the official ``--bf16 1`` casts the blocks to bfloat16);
+        text pooling, embeddings, head and VAE stay float32. Use float32 on CPU.
+        """
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise FastVARError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+        spec = load_spec(config)
+        device = torch.device(device)
+        vae_sd = read_state_dict(vae, what="Infinity VAE", unwrap=("vae",))
+        if "cfg_uncond" in vae_sd:
+            raise CheckpointError(f"{vae} is an Infinity transformer checkpoint, not the VAE "
+                                  "(swap vae= and transformer=?)")
+        hint = f"expected an Infinity BSQ-VAE with codebook_dim={spec.vae.codebook_dim}"
+        bsq = build_and_load(lambda: InfinityVAE(spec.vae), vae_sd, what="Infinity VAE", derived=VAE_DERIVED,
+                             hint=hint, device=device)
+        sd = read_state_dict(transformer, what="Infinity transformer")
+        model = build_and_load(lambda: Infinity(spec.infinity, bsq), sd, what="Infinity transformer",
+                               derived=INFINITY_DERIVED, hint=guess_release(sd), device=device)
+        for block in model.blocks:
+            block.to(dtype)
+        encoder = None
+        if text_encoder is not None:
+            encoder = T5TextEncoder(text_encoder, device=device)
+            if encoder.channels != spec.infinity.text_channels:
+                raise FastVARError(f"text encoder has {encoder.channels} channels, the transformer expects "
+                                   f"{spec.infinity.text_channels}")
+        return cls(spec, bsq, model, device, encoder)
+
+    def __call__(
+        self,
+        prompts: str | Sequence[str] | None = None,
+        *,
+        prompt_embeds: TextCondition | torch.Tensor | Sequence[torch.Tensor] | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        negative_prompt_embeds: TextCondition | torch.Tensor | Sequence[torch.Tensor] | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        cfg: float = 3.0,
+        tau: float = 0.5,
+        top_k: int = 900,
+        top_p: float = 0.97,
+        h_div_w: float = 1.0,
+        resolution: int | str = 1024,
+        scale_schedule: Sequence[Sequence[int]] | None = None,
+        pruning: None | str | PruningSchedule = None,
+        output_type: str = "pil",
+        return_tokens: bool = False,
+        timed: bool = False,
+    ) -> GenerationOutput:
+        """Generate one image per prompt (``autoregressive_infer_cfg`` as ``gen_one_img`` calls it: CFG on logits).
+
+        Official settings: Infinity-2B cfg 3 (notebook) or 4 (``infer.sh``), tau 0.5; Infinity-8B cfg 3, tau 1.0;
+        top_k 900, top_p 0.97 everywhere. The schedule is the template nearest to ``h_div_w`` at ``resolution``
+        (256/512/768/1024 or "0.06M"/"0.25M"/"0.60M"/"1M"), or ``scale_schedule`` given as (h, w) token grids
+        (a prefix of a template's 1M list; it overrides ``h_div_w`` and ``resolution``).
+        Returns RGB images; ``tokens`` are the sampled bits (B, h*w, d) uint8 of every computed step, and
+        ``stats`` names the template and schedule.
+        """
+        check_sampling_args(cfg, top_k, top_p)
+        check_output_type(output_type)
+        if not (isinstance(tau, (int, float)) and tau > 0):
+            raise FastVARError(f"tau must be a number > 0, got {tau!r}")
+        text = self._condition(prompts, prompt_embeds, "prompts", "prompt_embeds")
+        negative = None
+        if negative_prompt is not None or negative_prompt_embeds is not None:
+            negative = self._condition(negative_prompt, negative_prompt_embeds, "negative_prompt",
+                                       "negative_prompt_embeds")
+            if len(negative) == 1 and len(text) > 1:
+                negative = negative.repeat(len(text))
+        if scale_schedule is not None:
+            scales, template = schedules.check_schedule(scale_schedule)
+        else:
+            template = schedules.nearest_template(h_div_w)
+            scales = schedules.scale_schedule(template, resolution)
+        rng = resolve_generator(seed, generator, self.device)
+        state = self.model.prepare(text, scales, schedules.rope_grid(template), negative=negative, cfg=cfg, tau=tau,
+                                   top_k=top_k, top_p=top_p)
+        tokens, ctx = self.run(state, scales, pruning=pruning, generator=rng, timed=timed)
+        images = self.vae.decode(state.summed_codes).add(1).div(2)
+        out = self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens)
+        out.stats.update(h_div_w_template=template, scale_schedule=[list(s) for s in scales])
+        return out
+
+    def _condition(self, prompts, embeds, what: str, what_embeds: str) -> TextCondition:
+        if (prompts is None) == (embeds is None):
+            raise FastVARError(f"pass exactly one of {what}= or {what_embeds}=")
+        if embeds is not None:
+            return as_text_condition(embeds, what_embeds)
+        if self.text_encoder is None:
+            raise FastVARError(f"text {what} need a text encoder: load the pipeline with text_encoder=<T5 folder>, "
+                               f"or pass {what_embeds}=")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise FastVARError(f"{what} must be a string or a non-empty list of strings")
+        return self.text_encoder(prompts)
