@@ -42,3 +42,15 @@ def test_bench_cli_smoke(golden_var, tmp_path, capsys):
     assert rows[1]["stats"]["skipped_steps"] == [6]
     assert all(row["transformer_tflop"] > 0 and row["total_ms_median"] >= row["loop_ms_median"] for row in rows)
     assert "| config |" in capsys.readouterr().out
+
+
+def test_bench_infinity_random_weights_reports_pruned_work(golden_infinity, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "infinity", "--config", str(golden_infinity.root / "config.json"),
+                 "--random-weights", "--resolutions", "256", "--pruning", "none|infinity-paper",
+                 "--warmup", "0", "--repeats", "1", "--out", str(out)]) == 0
+    base, pruned = json.loads(out.read_text())["results"]
+    # 0.06M schedule 1..16 (521 tokens); the preset prunes block 3 of 4 at 6x6 / 8x8 and skips 12x12 and 16x16
+    assert base["tokens_forwarded"] == 521
+    assert pruned["tokens_forwarded"] == 1 + 4 + 16 + (3 * 36 + 22) / 4 + (3 * 64 + 32) / 4
+    assert pruned["transformer_tflop"] < base["transformer_tflop"]

@@ -41,18 +41,32 @@ class InfinityPipeline(Pipeline):
         self.spec, self.vae, self.model, self.device, self.text_encoder = spec, vae, model, device, text_encoder
 
     @classmethod
-    def from_files(cls, vae: str | Path, transformer: str | Path, config: str | Path | dict = "infinity-2b",
-                   text_encoder: str | Path | None = None, device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32) -> InfinityPipeline:
+    def from_files(cls, vae: str | Path | None = None, transformer: str | Path | None = None,
+                   config: str | Path | dict = "infinity-2b", text_encoder: str | Path | None = None,
+                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                   random_weights: bool = False) -> InfinityPipeline:
         """Load the BSQ-VAE, the transformer and (optionally) a local T5 folder (Flan-T5-XL for the releases).
 
         ``dtype`` applies to the transformer blocks only (the official ``--bf16 1`` casts the blocks to bfloat16);
-        text pooling, embeddings, head and VAE stay float32. Use float32 on CPU.
+        text pooling, embeddings, head and VAE stay float32. Use float32 on CPU. ``random_weights=True`` builds the
+        architecture with seeded random weights (benchmarks; images are noise).
         """
         if dtype not in (torch.float32, torch.bfloat16):
             raise FastVARError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
         spec = load_spec(config)
         device = torch.device(device)
+        if random_weights:
+            if vae is not None or transformer is not None:
+                raise FastVARError("random_weights=True takes no checkpoint paths")
+            with torch.random.fork_rng(devices=[]), torch.device(device):
+                torch.manual_seed(0)
+                bsq = InfinityVAE(spec.vae).eval().requires_grad_(False)
+                model = Infinity(spec.infinity, bsq).eval().requires_grad_(False)
+            for block in model.blocks:
+                block.to(dtype)
+            return cls(spec, bsq, model, device)
+        if vae is None or transformer is None:
+            raise FastVARError("Infinity needs vae= (e.g. infinity_vae_d32reg.pth) and transformer= checkpoints")
         vae_sd = read_state_dict(vae, what="Infinity VAE", unwrap=("vae",))
         if "cfg_uncond" in vae_sd:
             raise CheckpointError(f"{vae} is an Infinity transformer checkpoint, not the VAE "
@@ -127,6 +141,14 @@ class InfinityPipeline(Pipeline):
         out = self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens)
         out.stats.update(h_div_w_template=template, scale_schedule=[list(s) for s in scales])
         return out
+
+    def bench_config(self, batch: int, resolution: int | None, text_tokens: int = 64) -> dict:
+        """Call arguments and work-count facts for ``fastvar bench``: random text features of the right width."""
+        g = torch.Generator().manual_seed(0)
+        feats = [torch.randn(text_tokens, self.spec.infinity.text_channels, generator=g) for _ in range(batch)]
+        resolution = resolution or 1024
+        return {"kwargs": {"prompt_embeds": [f.to(self.device) for f in feats], "seed": 0, "resolution": resolution},
+                "rows": 2 * batch, "text_tokens": text_tokens, "resolution": resolution}
 
     def _condition(self, prompts, embeds, what: str, what_embeds: str) -> TextCondition:
         if (prompts is None) == (embeds is None):
