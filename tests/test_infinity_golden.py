@@ -334,3 +334,23 @@ def test_checkpoint_errors(golden, tmp_path):
     with pytest.raises(FastVARError, match="dtype"):
         load_pipeline("infinity", vae=root / "vae.pth", transformer=root / "infinity.pth",
                       config=root / "config.json", dtype=torch.float16)
+
+
+def test_sharded_safetensors_folder_loads_like_the_pth(golden, tmp_path):
+    """The 8B release layout: a folder of safetensors shards with an index file."""
+    from safetensors.torch import save_file
+
+    sd = torch.load(golden.root / "infinity.pth", weights_only=True)
+    keys = list(sd)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    folder = tmp_path / "infinity_8b_weights"
+    folder.mkdir()
+    for name, part in shards.items():
+        save_file({k: sd[k].clone().contiguous() for k in part}, str(folder / name))
+    index = {"weight_map": {k: name for name, part in shards.items() for k in part}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    a = load_pipeline("infinity", vae=golden.root / "vae.pth", transformer=folder, config=golden.root / "config.json")
+    b = load_pipeline("infinity", vae=golden.root / "vae.pth", transformer=golden.root / "infinity.pth",
+                      config=golden.root / "config.json")
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))

@@ -94,3 +94,10 @@ def test_encoder_width_must_match(golden_infinity, tmp_path):
                       config=root / "config.json", text_encoder=make_t5_folder(tmp_path, d_model=64))
     with pytest.raises(FastVARError, match="not found"):
         T5TextEncoder(tmp_path / "missing")
+
+
+def test_long_prompt_is_truncated_with_a_warning(t5_folder):
+    encoder = T5TextEncoder(t5_folder, device="cpu")
+    with pytest.warns(UserWarning, match="truncated"):
+        cond = encoder(["a " * 600, "red cat"])
+    assert cond.lens == [TEXT_MAXLEN, 3]

@@ -7,6 +7,8 @@ an optional dependency (``pip install fastvar-ctp[text]``); precomputed features
 """
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +111,13 @@ class T5TextEncoder:
 
     @torch.inference_mode()
     def __call__(self, prompts: Sequence[str]) -> TextCondition:
-        """``encode_prompt`` for a batch: max-length padding, masked encoder, first len_i rows of each prompt."""
+        """``encode_prompt`` for a batch: max-length padding, masked encoder, first len_i rows of each prompt.
+
+        Prompts longer than 512 tokens are truncated, as the official code does (with a warning here).
+        """
+        too_long = [i for i, ids in enumerate(self.tokenizer(text=list(prompts)).input_ids) if len(ids) > TEXT_MAXLEN]
+        if too_long:
+            warnings.warn(f"prompt(s) {too_long} exceed {TEXT_MAXLEN} T5 tokens and are truncated", stacklevel=2)
         tokens = self.tokenizer(text=list(prompts), max_length=TEXT_MAXLEN, padding="max_length", truncation=True,
                                 return_tensors="pt")
         mask = tokens.attention_mask.to(self.device)
