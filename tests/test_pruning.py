@@ -174,3 +174,21 @@ def test_schedules_that_do_not_fit_the_model(schedule, message):
 def test_bad_schedule_strings(text):
     with pytest.raises(FastVARError):
         PruningSchedule.parse(text)
+
+
+def test_kv_cache_reserves_only_what_each_layer_stores():
+    scales = [(1, 1), (2, 2), (4, 4), (8, 8)]
+    ctx = GenerationContext(scales, pruner=PruningSchedule(ratios=(0.5, 1.0), layers=(1,)).pruner(4, 2))
+    assert ctx.kv_cache(0).capacity == 1 + 4 + 16  # unpruned layer: every computed step, skipped 8x8 not
+    assert ctx.kv_cache(1).capacity == 1 + 4 + 8  # pruned layer: 16 - int(16 * 0.5) at 4x4
+
+
+def test_kv_cache_appends_at_offsets_and_grows_past_capacity():
+    from fastvar.core.context import KVCache
+
+    cache = KVCache(capacity=3)
+    k1, v1 = torch.randn(2, 1, 2, 4), torch.randn(2, 1, 2, 4)
+    k2, v2 = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4)
+    cache.append(k1, v1)
+    k, v = cache.append(k2, v2)
+    assert torch.equal(k, torch.cat((k1, k2), 2)) and torch.equal(v, torch.cat((v1, v2), 2))

@@ -19,6 +19,8 @@ class Pruner(Protocol):
 
     def skips(self, si: int) -> bool: ...
 
+    def tokens_kept(self, si: int, layer: int, num_tokens: int) -> int: ...  # K/V rows a layer adds at step si
+
     def branch(self, ctx: GenerationContext, layer: int, name: str, fn: Callable[[torch.Tensor], torch.Tensor],
                x: torch.Tensor) -> torch.Tensor: ...
 
@@ -29,6 +31,9 @@ class NoPruning:
     def skips(self, si: int) -> bool:
         return False
 
+    def tokens_kept(self, si: int, layer: int, num_tokens: int) -> int:
+        return num_tokens
+
     def branch(self, ctx, layer, name, fn, x):
         return fn(x)
 
@@ -36,8 +41,9 @@ class NoPruning:
 class KVCache:
     """Keys/values of one attention layer, preallocated for the whole schedule and written at an offset.
 
-    Shapes are (B, H, capacity, D). Pruned steps write only the kept tokens, so a layer's length may be shorter than
-    the schedule's token count; ``capacity`` is an upper bound.
+    Shapes are (B, H, capacity, D). The capacity is what the layer will store (pruned steps add only their kept
+    tokens, skipped steps nothing), so no memory is reserved for tokens that never come; writing past it grows the
+    buffer (a safety net, never needed when the capacity is right).
     """
 
     def __init__(self, capacity: int):
@@ -52,6 +58,9 @@ class KVCache:
             self.k = k.new_empty(B, H, self.capacity, D)
             self.v = v.new_empty(B, H, self.capacity, v.shape[-1])
         end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            self.k, self.v = (torch.cat((t, t.new_empty(*t.shape[:2], end - t.shape[2], t.shape[3])), 2)
+                              for t in (self.k, self.v))
         self.k[:, :, self.length:end] = k
         self.v[:, :, self.length:end] = v
         self.length = end
@@ -70,7 +79,7 @@ class StepStats:
 
     @property
     def tokens(self) -> int:
-        """Tokens forwarded by the least-pruned layer (the map size when a layer is unpruned)."""
+        """Tokens of the step's map (what unpruned layers forward; pruned layers' counts are in ``kept``)."""
         if self.skipped:
             return 0
         return self.hw[0] * self.hw[1]
@@ -99,7 +108,7 @@ class GenerationContext:
         self.scales = [tuple(s) for s in scales]
         self.generator = generator
         self.pruner: Pruner = pruner or NoPruning()
-        self.kv_capacity = kv_capacity if kv_capacity is not None else sum(h * w for h, w in self.scales)
+        self.kv_capacity = kv_capacity  # None: per layer, from the schedule and the pruner
         self.timed = timed
         self.si = -1
         self.keep_idx: torch.Tensor | None = None  # (B, K) kept token positions while a pruned branch runs
@@ -120,7 +129,10 @@ class GenerationContext:
 
     def kv_cache(self, layer: int) -> KVCache:
         if layer not in self.kv:
-            self.kv[layer] = KVCache(self.kv_capacity)
+            capacity = self.kv_capacity
+            if capacity is None:
+                capacity = sum(self.pruner.tokens_kept(si, layer, h * w) for si, (h, w) in enumerate(self.scales))
+            self.kv[layer] = KVCache(capacity)
         return self.kv[layer]
 
     def branch(self, layer: int, name: str, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -183,6 +183,13 @@ class FastVARPruner:
     def num_keep(num_tokens: int, ratio: float) -> int:
         return num_tokens - int(num_tokens * ratio)
 
+    def tokens_kept(self, si: int, layer: int, num_tokens: int) -> int:
+        if si in self.skipped:
+            return 0
+        if si in self.ratio and layer in self.layers:
+            return self.num_keep(num_tokens, self.ratio[si])
+        return num_tokens
+
     def branch(self, ctx: GenerationContext, layer: int, name: str, fn: Callable[[torch.Tensor], torch.Tensor],
                x: torch.Tensor) -> torch.Tensor:
         si = ctx.si
