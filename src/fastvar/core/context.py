@@ -102,13 +102,12 @@ class GenerationContext:
         *,
         generator: torch.Generator | None = None,
         pruner: Pruner | None = None,
-        kv_capacity: int | None = None,
         timed: bool = False,
     ):
         self.scales = [tuple(s) for s in scales]
         self.generator = generator
         self.pruner: Pruner = pruner or NoPruning()
-        self.kv_capacity = kv_capacity  # None: per layer, from the schedule and the pruner
+        self.kv_extra = 0  # K/V rows beyond the scale maps (HART's context tokens at step 0); set before any cache
         self.timed = timed
         self.si = -1
         self.keep_idx: torch.Tensor | None = None  # (B, K) kept token positions while a pruned branch runs
@@ -129,10 +128,8 @@ class GenerationContext:
 
     def kv_cache(self, layer: int) -> KVCache:
         if layer not in self.kv:
-            capacity = self.kv_capacity
-            if capacity is None:
-                capacity = sum(self.pruner.tokens_kept(si, layer, h * w) for si, (h, w) in enumerate(self.scales))
-            self.kv[layer] = KVCache(capacity)
+            maps = sum(self.pruner.tokens_kept(si, layer, h * w) for si, (h, w) in enumerate(self.scales))
+            self.kv[layer] = KVCache(maps + self.kv_extra)
         return self.kv[layer]
 
     def branch(self, layer: int, name: str, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -30,18 +30,19 @@ def token_linear_params(block: nn.Module) -> int:
 
 def transformer_flops(model: nn.Module, stats: dict, rows: int, text_tokens: int = 0, prefix_tokens: int = 0) -> float:
     """FLOPs of the block stack for one call: 2 x linear weights per token, 4 x C per (query, key) pair in
-    self-attention (QK^T and AV) and per (query, text token) in cross-attention. ``rows`` = batch incl. CFG."""
+    self-attention (QK^T and AV) and per (query, text token) in cross-attention. ``rows`` = batch incl. CFG;
+    ``prefix_tokens`` = extra tokens the first step forwards (HART's context beyond the 1x1 map)."""
     blocks = list(model.blocks)
     width = blocks[0].C if hasattr(blocks[0], "C") else model.cfg.embed_dim
     linear = [token_linear_params(b) for b in blocks]
-    keys = [prefix_tokens] * len(blocks)
+    keys = [0] * len(blocks)
     flops = 0.0
     for step in stats["steps"]:
         if step["skipped"]:
             continue
         kept = step.get("kept_per_layer", {})
         for i in range(len(blocks)):
-            q = kept.get(str(i), step["tokens"])
+            q = kept.get(str(i), step["tokens"]) + (prefix_tokens if step["step"] == 0 else 0)
             keys[i] += q
             flops += rows * (2 * linear[i] * q + 4 * width * q * keys[i] + 4 * width * q * text_tokens)
     return flops

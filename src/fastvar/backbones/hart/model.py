@@ -265,7 +265,7 @@ class HARTForT2I(nn.Module):
     def scale_input(self, state: HARTState, ctx: GenerationContext) -> torch.Tensor:
         si, hd = ctx.si, self.cfg.head_dim
         if si == 0:  # context prefill: the context tokens (level 0) with 1-D RoPE
-            ctx.kv_capacity = self.context_token + sum(h * w for h, w in ctx.scales[1:])
+            ctx.kv_extra = self.context_token - ctx.scales[0][0] * ctx.scales[0][1]  # the context replaces the 1x1 map
             state.rope = rope_1d(state.context_position_ids, hd)
             return state.cond_BD + state.lvl_pos[: self.context_token]
         pn = state.patch_nums[si]

@@ -172,6 +172,15 @@ class HARTPipeline(Pipeline):
         images = self.vae.fhat_to_img(state.f_hat).add(1).mul(0.5)
         return self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens)
 
+    def bench_config(self, batch: int, resolution: int | None) -> dict:
+        """Call arguments and work-count facts for ``fastvar bench``: random context features, every token real."""
+        t = self.spec.transformer
+        g = torch.Generator().manual_seed(0)
+        feats = torch.randn(batch, t.context_token, t.context_dim, generator=g)
+        patch_nums = self._schedule(resolution, None)
+        return {"kwargs": {"prompt_embeds": feats, "seed": 0, "scale_schedule": list(patch_nums)}, "rows": 2 * batch,
+                "prefix_tokens": t.context_token - 1, "resolution": 16 * patch_nums[-1]}
+
     def _condition(self, prompts, prompt_embeds, prompt_attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, context_token, context_dim) float features and (B, context_token) bool mask on the device."""
         Lc, Cc = self.spec.transformer.context_token, self.spec.transformer.context_dim
