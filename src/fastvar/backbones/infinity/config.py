@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from ...core.config import config_from_kwargs
 from ...errors import FastVARError
 from .vae import VAE_PRESETS, InfinityVAEConfig
 
@@ -101,12 +104,8 @@ class InfinityConfig:
         return round(self.embed_dim * self.mlp_ratio / 256) * 256
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict) -> InfinityConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise FastVARError(f"unknown Infinity argument(s) {unknown}; known: {sorted(known)}")
-        return cls(**kwargs)
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> InfinityConfig:
+        return config_from_kwargs(cls, kwargs, "Infinity")
 
 
 @dataclass

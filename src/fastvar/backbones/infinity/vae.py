@@ -14,7 +14,6 @@ VAE latent of a token grid (h, w) is (2h, 2w) and a token holds the 2x2 pixel-un
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...core.config import config_from_kwargs
 from ...core.loading import build_and_load, read_state_dict
 from ...errors import FastVARError
 
@@ -71,11 +71,7 @@ class InfinityVAEConfig:
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> InfinityVAEConfig:
         """Build from official argument names (e.g. golden ``loader_args`` without ``vqgan_ckpt``); lists -> tuples."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - names)
-        if unknown:
-            raise FastVARError(f"unknown Infinity VAE argument(s) {unknown}; known: {sorted(names)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+        return config_from_kwargs(cls, kwargs, "Infinity VAE")
 
     @property
     def token_dim(self) -> int:
@@ -295,7 +291,7 @@ class InfinityVAE(nn.Module):
         B, d, _, h, w = x.shape
         z = F.normalize(x.permute(0, 2, 3, 4, 1).reshape(B, -1, d), dim=-1)  # (B, h*w, d), contiguous copy
         zhat = torch.where(z > 0, torch.ones((), dtype=z.dtype), -torch.ones((), dtype=z.dtype)) * (1.0 / d**0.5)
-        quantized = z + (zhat - z)  # official straight-through form: not bitwise equal to zhat
+        quantized = z + (zhat - z).detach()  # official straight-through estimator: not bitwise equal to zhat
         bits = (quantized > 0).to(torch.uint8).reshape(B, h, w, d)
         return quantized.reshape(B, 1, h, w, d).permute(0, 4, 1, 2, 3), bits  # (B, d, 1, h, w) channels-last view
 

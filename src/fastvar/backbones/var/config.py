@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from ...core.config import config_from_kwargs
 from ...errors import FastVARError
 from .vqvae import VQVAEConfig
 
@@ -37,12 +40,8 @@ class VARConfig:
             raise FastVARError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict) -> VARConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise FastVARError(f"unknown VAR argument(s) {unknown}; known: {sorted(known)}")
-        return cls(**kwargs)
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> VARConfig:
+        return config_from_kwargs(cls, kwargs, "VAR")
 
 
 @dataclass

@@ -9,7 +9,6 @@ The encoder/decoder blocks and :class:`MultiScaleQuantizer` take plain arguments
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...core.config import config_from_kwargs
 from ...errors import FastVARError
 
 
@@ -51,11 +51,7 @@ class VQVAEConfig:
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> VQVAEConfig:
         """Build from official constructor keyword arguments (e.g. a golden ``vae_kwargs``); lists become tuples."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - names)
-        if unknown:
-            raise FastVARError(f"unknown VQVAE argument(s): {', '.join(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+        return config_from_kwargs(cls, kwargs, "VQVAE")
 
     @property
     def downsample(self) -> int:
