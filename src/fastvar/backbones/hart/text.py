@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ...core.text_models import load_text_model
 from ...errors import FastVARError
 
 # hart/utils/constants.py llm_system_prompt (the text must match exactly: it changes the prompt features)
@@ -43,26 +44,11 @@ class Qwen2TextEncoder:
 
     def __init__(self, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                  system_prompt: str | None = SYSTEM_PROMPT):
-        try:
-            from transformers import AutoModel, AutoTokenizer
-        except ImportError:
-            raise FastVARError("text prompts need `transformers` (pip install 'fastvar-ctp[text]'); "
-                               "or pass prompt_embeds=") from None
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FastVARError(f"Qwen2 text encoder folder not found: {folder}")
         self.device = torch.device(device)
-        if dtype is None:
-            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            self.model = AutoModel.from_pretrained(str(folder))
-        except (OSError, ValueError, KeyError) as exc:
-            raise FastVARError(f"cannot load a Qwen2 tokenizer and model from {folder}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        self.tokenizer, self.model = load_text_model(folder, "AutoModel", "Qwen2 text model", self.device,
+                                                     dtype)
         if self.tokenizer.pad_token_id is None:
             raise FastVARError(f"the tokenizer in {folder} has no pad token (HART pads prompts to a fixed length)")
-        self.model.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
         self.system_prompt = system_prompt
 
     @property

@@ -8,7 +8,6 @@ an optional dependency (``pip install fastvar-ctp[text]``); precomputed features
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ...core.text_models import load_text_model
 from ...errors import FastVARError
 
 TEXT_MAXLEN = 512
@@ -86,24 +86,10 @@ class T5TextEncoder:
     """
 
     def __init__(self, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
-        try:
-            from transformers import AutoTokenizer, T5EncoderModel
-        except ImportError:
-            raise FastVARError("text prompts need `transformers` (pip install 'fastvar-ctp[text]'); "
-                               "or pass prompt_embeds=") from None
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FastVARError(f"text encoder folder not found: {folder}")
         self.device = torch.device(device)
-        if dtype is None:
-            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), legacy=True)
-            self.model = T5EncoderModel.from_pretrained(str(folder))
-        except (OSError, ValueError) as exc:
-            raise FastVARError(f"cannot load a T5 tokenizer and encoder from {folder}: {exc}") from None
+        self.tokenizer, self.model = load_text_model(folder, "T5EncoderModel", "T5 text encoder", self.device,
+                                                     dtype, legacy=True)
         self.tokenizer.model_max_length = TEXT_MAXLEN
-        self.model.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
 
     @property
     def channels(self) -> int:
