@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.attention import attend, qkv_heads
 from ...core.context import GenerationContext
 from ...core.sampling import gumbel_softmax, sample_top_k_top_p
 from .config import HARTConfig
@@ -116,21 +117,14 @@ class LlamaAttention(nn.Module):
         self.proj = nn.Linear(embed_dim, embed_dim)
 
     def forward(self, x: torch.Tensor, state: HARTState, ctx: GenerationContext) -> torch.Tensor:
-        B, L, C = x.shape
-        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        qkv = F.linear(x, self.qkv_proj.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, hd)
+        q, k, v = qkv_heads(x, self.qkv_proj.weight, self.q_bias, self.v_bias, self.num_heads)  # each (B, H, L, hd)
         cos, sin = state.rope
         if ctx.keep_idx is not None:  # pruned branch: the kept tokens' original positions
             idx = ctx.keep_idx.unsqueeze(-1).expand(-1, -1, self.head_dim)
             cos, sin = cos.gather(1, idx), sin.gather(1, idx)
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        mask = ctx.attn_mask
-        if mask is None:  # autoregressive: context, then every cached (kept) token of scales <= si
-            k, v = ctx.kv_cache(self.layer).append(k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+        return self.proj(attend(q, k, v, ctx, self.layer, self.scale))
 
 
 class LlamaMLP(nn.Module):

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.attention import attend, qkv_heads
 from ...core.context import GenerationContext
 from ...core.sampling import sample_top_k_top_p
 from ...errors import FastVARError
@@ -177,19 +178,12 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(embed_dim, embed_dim)
 
     def forward(self, x: torch.Tensor, state: InfinityState, ctx: GenerationContext) -> torch.Tensor:
-        B, L, C = x.shape
-        w = self.mat_qkv.weight
-        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        qkv = F.linear(x.to(w.dtype), w, bias).view(B, L, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, hd)
+        q, k, v = qkv_heads(x, self.mat_qkv.weight, self.q_bias, self.v_bias, self.num_heads)  # each (B, H, L, hd)
         scale_mul = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()
         q = F.normalize(q.float(), dim=-1, eps=1e-12).mul(scale_mul)
         k = F.normalize(k.float(), dim=-1, eps=1e-12)
-        q, k = apply_rope(q, k, *state.rope.rows(ctx, L))
-        if ctx.attn_mask is None:  # autoregressive: this scale's (kept) tokens see every cached token
-            k, v = ctx.kv_cache(self.layer).append(k, v)
-        out = F.scaled_dot_product_attention(q.to(v.dtype), k.to(v.dtype), v, attn_mask=ctx.attn_mask, scale=1.0)
-        return _linear(out.transpose(1, 2).reshape(B, L, C), self.proj)
+        q, k = apply_rope(q, k, *state.rope.rows(ctx, x.shape[1]))
+        return _linear(attend(q.to(v.dtype), k.to(v.dtype), v, ctx, self.layer, scale=1.0), self.proj)
 
 
 class FFN(nn.Module):
@@ -395,6 +389,12 @@ class Infinity(nn.Module):
         """Logits (B, L, 2d) of every position given the next-scale inputs of scales 2..K (``Infinity.forward``
         in eval mode without condition dropout). The official zero padding to a multiple of 128 is omitted: padded
         positions are invisible to real ones."""
+        return self.teacher_forced_logits(text, x_BLC_wo_prefix, scales, grid)
+
+    def teacher_forced_logits(self, text: TextCondition, x_BLC_wo_prefix: torch.Tensor,
+                              scales: Sequence[tuple[int, int]], grid: tuple[int, int]) -> torch.Tensor:
+        """``forward`` with autograd enabled (training, e.g. ``fastvar.demo.train``); condition dropout is the
+        caller's: replace a row's text features by ``cfg_uncond[:len]``."""
         state = self.prepare(text, scales, grid, cfg=1.0)
         sos = state.cond_BD.unsqueeze(1) + self.pos_start
         x = torch.cat((sos, self.word_embed(x_BLC_wo_prefix.float())), dim=1)

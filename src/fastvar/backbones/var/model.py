@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.attention import attend, qkv_heads
 from ...core.context import GenerationContext
 from ...core.sampling import gumbel_softmax, sample_top_k_top_p
 from .config import VARConfig
@@ -39,18 +40,11 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(embed_dim, embed_dim)
 
     def forward(self, x: torch.Tensor, ctx: GenerationContext) -> torch.Tensor:
-        B, L, C = x.shape
-        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, hd)
+        q, k, v = qkv_heads(x, self.mat_qkv.weight, self.q_bias, self.v_bias, self.num_heads)  # each (B, H, L, hd)
         if self.attn_l2_norm:
             q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp())
             k = F.normalize(k, dim=-1)
-        mask = ctx.attn_mask
-        if mask is None:  # autoregressive: queries of this scale see every cached (kept) token of scales <= si
-            k, v = ctx.kv_cache(self.layer).append(k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+        return self.proj(attend(q, k, v, ctx, self.layer, self.scale))
 
 
 class FFN(nn.Module):
