@@ -24,6 +24,7 @@ from ...core.attention import attend, qkv_heads
 from ...core.context import GenerationContext
 from ...core.sampling import sample_top_k_top_p
 from ...errors import FastVARError
+from ..common import AdaLNBeforeHead, SharedAdaLin
 from .config import InfinityConfig
 from .text import TextCondition
 from .vae import InfinityVAE
@@ -233,22 +234,6 @@ class MultipleLayers(nn.Module):
     def __init__(self, blocks: Sequence[CrossAttnBlock]):
         super().__init__()
         self.module = nn.ModuleList(blocks)
-
-
-class SharedAdaLin(nn.Linear):
-    def forward(self, cond_BD: torch.Tensor) -> torch.Tensor:
-        return super().forward(cond_BD).reshape(-1, 1, 6, self.weight.shape[0] // 6)  # (B, 1, 6, C)
-
-
-class AdaLNBeforeHead(nn.Module):
-    def __init__(self, C: int, eps: float):
-        super().__init__()
-        self.C, self.eps = C, eps
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
-
-    def forward(self, x: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ada_lin(cond_BD).view(-1, 1, 2, self.C).unbind(2)
-        return ada_layer_norm(x, self.eps, scale, shift)
 
 
 class RMSNorm(nn.Module):

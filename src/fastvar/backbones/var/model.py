@@ -16,6 +16,7 @@ from torch import nn
 from ...core.attention import attend, qkv_heads
 from ...core.context import GenerationContext
 from ...core.sampling import gumbel_softmax, sample_top_k_top_p
+from ..common import AdaLNBeforeHead, SharedAdaLin
 from .config import VARConfig
 from .vqvae import VQVAE
 
@@ -83,22 +84,6 @@ class AdaLNSelfAttn(nn.Module):
         x = x + ctx.branch(self.layer, "attn", lambda z: self.attn(self.norm(z, scale1, shift1), ctx).mul_(gamma1), x)
         x = x + ctx.branch(self.layer, "ffn", lambda z: self.ffn(self.norm(z, scale2, shift2)).mul(gamma2), x)
         return x
-
-
-class AdaLNBeforeHead(nn.Module):
-    def __init__(self, C: int, eps: float):
-        super().__init__()
-        self.C, self.eps = C, eps
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
-
-    def forward(self, x: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ada_lin(cond_BD).view(-1, 1, 2, self.C).unbind(2)
-        return F.layer_norm(x, (self.C,), eps=self.eps).mul(scale.add(1)).add_(shift)
-
-
-class SharedAdaLin(nn.Linear):
-    def forward(self, cond_BD: torch.Tensor) -> torch.Tensor:
-        return super().forward(cond_BD).view(-1, 1, 6, self.weight.shape[0] // 6)  # (B, 1, 6, C)
 
 
 @dataclass
