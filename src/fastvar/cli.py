@@ -1,5 +1,6 @@
 """The ``fastvar`` command line: a thin layer over the Python API.
 
+    fastvar generate "a red apple" --out apple.png      # the built-in demo model (no paths)
     fastvar generate --model var-d16 --vae vae_ch160v4096z32.pth --transformer var_d16.pth --class 207 --out a.png
     fastvar info CHECKPOINT
 """
@@ -16,7 +17,7 @@ from .errors import FastVARError
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
-BACKBONES = ("var", "infinity", "hart")
+BACKBONES = ("var", "infinity", "hart", "demo")
 
 
 def split_model(name: str) -> tuple[str, str | None]:
@@ -41,6 +42,14 @@ def load_from_args(args: argparse.Namespace):
     from . import load_pipeline
 
     backbone, config = split_model(args.model)
+    if backbone == "demo":
+        given = [f"--{n.replace('_', '-')}" for n in ("config", "vae", "transformer", "text_encoder", "random_weights")
+                 if getattr(args, n)]
+        if given:
+            raise FastVARError(f"--model demo is the built-in demo model: it takes no {', '.join(given)}")
+        pipe = load_pipeline("demo", device=args.device, dtype=_dtype(args.dtype))
+        pipe.set_progress_bar_config(disable=args.quiet)
+        return backbone, pipe
     config = args.config or config
     if config is None:
         raise FastVARError(f"--model {backbone} needs --config (a registry name or a JSON file)")
@@ -62,7 +71,7 @@ def sampling_kwargs(backbone: str, args: argparse.Namespace) -> dict:
         kwargs["h_div_w"] = _aspect(args.aspect)
     if args.resolution:
         kwargs["resolution"] = int(args.resolution) if args.resolution.isdigit() else args.resolution
-    if backbone == "infinity" and args.tau is not None:
+    if backbone in ("infinity", "demo") and args.tau is not None:
         kwargs["tau"] = args.tau
     return kwargs
 
@@ -169,8 +178,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
     if args.grid:
-        captions = [f"{c} seed {s}" for c in conds for s in seeds][: len(grid)]
+        captions = [f"{_caption(c)}, seed {s}" for c in conds for s in seeds][: len(grid)]
         image_grid(grid, ["baseline", *names], captions).save(args.grid)
+
+
+def _caption(cond: dict) -> str:
+    """A grid caption: the prompt, or ``class N``."""
+    if "prompts" in cond:
+        return ", ".join(cond["prompts"])
+    return "class " + ", ".join(map(str, cond["class_labels"]))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -198,6 +214,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
         plot(results, args.plot)
 
 
+def cmd_train_demo(args: argparse.Namespace) -> None:
+    from .demo.train import run
+
+    run(args)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from .info import describe, format_description
 
@@ -208,7 +230,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="*", help="text prompt(s) (text-to-image models)")
-    p.add_argument("--model", required=True, help="registry name, e.g. var-d16 (or a backbone name with --config)")
+    p.add_argument("--model", default="demo",
+                   help="registry name, e.g. var-d16 (or a backbone name with --config); default: the built-in demo")
     p.add_argument("--config", help="registry name or JSON file of constructor arguments (golden config.json format)")
     p.add_argument("--vae", help="VAE / tokenizer checkpoint")
     p.add_argument("--transformer", help="transformer checkpoint")
@@ -264,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="write results as JSON here")
     b.add_argument("--plot", help="write a latency/memory plot (PNG) here")
     b.set_defaults(func=cmd_bench)
+
+    t = sub.add_parser("train-demo", help="train the built-in demo model (BSQ-VAE, then transformer) on CPU/GPU")
+    from .demo.train import add_args as add_train_args
+
+    add_train_args(t)
+    t.set_defaults(func=cmd_train_demo)
 
     i = sub.add_parser("info", help="describe checkpoint files or folders")
     i.add_argument("checkpoint", nargs="+")

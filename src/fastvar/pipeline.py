@@ -63,7 +63,9 @@ def resolve_generator(seed: int | None, generator: torch.Generator | None, devic
 
 
 def load_pipeline(backbone: str, **kwargs) -> Pipeline:
-    """Load a pipeline: ``load_pipeline("var", vae=..., transformer=..., config="var-d16", device=..., dtype=...)``."""
+    """Load a pipeline: ``load_pipeline("var", vae=..., transformer=..., config="var-d16", device=..., dtype=...)``.
+
+    ``load_pipeline("demo")`` loads the built-in demo model (weights inside the package, no paths)."""
     if backbone == "var":
         from .backbones.var.pipeline import VARPipeline
 
@@ -76,6 +78,13 @@ def load_pipeline(backbone: str, **kwargs) -> Pipeline:
         from .backbones.infinity.pipeline import InfinityPipeline
 
         return InfinityPipeline.from_files(**kwargs)
+    if backbone == "demo":
+        from .demo.pipeline import load_demo
+
+        extra = sorted(k for k, v in kwargs.items() if k not in ("device", "dtype", "folder") and v not in (None, False))
+        if extra:
+            raise FastVARError(f"the built-in demo model takes no {', '.join(extra)} (its weights ship with fastvar)")
+        return load_demo(**{k: v for k, v in kwargs.items() if k in ("device", "dtype", "folder")})
     raise FastVARError(f"unknown or not yet supported backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
 
 

@@ -103,7 +103,11 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def image_grid(rows: list[list[Image.Image]], header: Sequence[str], captions: Sequence[str]) -> Image.Image:
-    """Rows of images (baseline first) with the schedule names on top and a caption under each row."""
+    """Rows of images (baseline first) with the schedule names on top and a caption under each row.
+
+    Images smaller than 128 px (the demo model's 64x64) are enlarged (nearest) so that captions fit."""
+    k = max(1, 128 // rows[0][0].size[0])
+    rows = [[image.resize((image.size[0] * k, image.size[1] * k), Image.NEAREST) for image in row] for row in rows]
     w, h = rows[0][0].size
     pad = 14
     grid = Image.new("RGB", (w * len(rows[0]), pad + (h + pad) * len(rows)), "white")

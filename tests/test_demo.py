@@ -1,0 +1,82 @@
+"""The built-in demo model: shipped weights load, seeded generation is deterministic, CLI and eval run on it, and
+the training path (VAE loss, teacher-forced transformer with autograd) is the inference model's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastvar import load_pipeline
+from fastvar.backbones.infinity.model import Infinity
+from fastvar.backbones.infinity.vae import InfinityVAE
+from fastvar.cli import main
+from fastvar.demo import train
+from fastvar.demo.text import ByteTextEncoder, ByteTextConfig
+from fastvar.errors import FastVARError
+
+
+@pytest.fixture(scope="module")
+def demo():
+    pipe = load_pipeline("demo")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_demo_is_deterministic_per_seed(demo):
+    a = demo("a red apple", seed=0, output_type="pt")
+    b = demo("a red apple", seed=0, output_type="pt")
+    c = demo("a red apple", seed=1, output_type="pt")
+    assert a.images.shape == (1, 3, 64, 64)
+    assert torch.equal(a.images, b.images)
+    assert not torch.equal(a.images, c.images)
+    assert a.stats["scale_schedule"][-1] == [16, 16]
+
+
+def test_demo_pruned_run_skips_and_prunes(demo):
+    out = demo(["a red apple", "a banana"], seed=0, pruning="0.5,1", output_type="np")
+    assert out.images.shape == (2, 64, 64, 3)
+    assert out.stats["skipped_steps"] == [6] and out.stats["pruned_steps"] == [5]
+
+
+def test_cli_generate_without_paths(tmp_path):
+    path = tmp_path / "apple.png"
+    assert main(["generate", "a red apple", "--out", str(path), "--quiet"]) == 0
+    assert Image.open(path).size == (64, 64)
+
+
+def test_cli_eval_on_demo(tmp_path, capsys):
+    table, grid = tmp_path / "t.md", tmp_path / "g.png"
+    assert main(["eval", "--model", "demo", "a red apple", "--seeds", "0-1", "--schedules", "0.5,1|1",
+                 "--markdown", str(table), "--grid", str(grid), "--quiet"]) == 0
+    text = table.read_text()
+    assert "none (baseline)" in text and "| 0.5,1 |" in text
+    assert Image.open(grid).width == 3 * 128  # 64x64 tiles enlarged x2
+
+
+def test_demo_rejects_paths():
+    with pytest.raises(FastVARError, match="takes no"):
+        load_pipeline("demo", vae="vae.pth")
+    assert main(["generate", "--model", "demo", "--vae", "x.pth", "a red apple"]) == 2
+
+
+def test_training_path_matches_inference_forward():
+    """teacher_forced_logits (autograd on) equals the inference forward; the VAE and bit losses backpropagate."""
+    torch.manual_seed(0)
+    vae = InfinityVAE(train.VAE_CFG)
+    img = torch.rand(2, 3, 64, 64) * 2 - 1
+    loss, _ = train.vae_loss(vae, img)
+    loss.backward()
+    assert vae.encoder.conv_in.conv.weight.grad.abs().sum() > 0  # straight-through quantiser passes gradients
+    vae.eval().requires_grad_(False)
+    x, y = train.encode_dataset(vae, img)
+    assert x.shape == (2, 520, 16) and y.shape == (2, 521, 16)
+    model, text_enc = Infinity(train.INFINITY_CFG, vae), ByteTextEncoder(ByteTextConfig())
+    train.init_transformer(model)
+    text = text_enc(["a red apple", "a banana"])
+    logits = model.teacher_forced_logits(text, x, train.SCALES, train.ROPE_GRID)
+    torch.nn.functional.cross_entropy(logits.reshape(-1, 2), y.reshape(-1).long()).backward()
+    assert model.head.weight.grad is not None and text_enc.tok_embed.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        text = text_enc(["a red apple", "a banana"])
+    np.testing.assert_array_equal(model(text, x, train.SCALES, train.ROPE_GRID).numpy(), logits.detach().numpy())
