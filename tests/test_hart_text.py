@@ -122,3 +122,14 @@ def test_text_encoder_errors(qwen_dir, golden_hart, tmp_path):
     transformers.Qwen2ForCausalLM(config).save_pretrained(small)
     with pytest.raises(FastVARError, match="hidden size 32.*context_dim 48"):
         load_pipeline("hart", vae=root / "tokenizer", transformer=root / "llm", text_encoder=small)
+
+
+def test_cli_generates_from_the_release_folders_and_a_qwen2_folder(qwen_dir, golden_hart, tmp_path):
+    from fastvar.cli import main
+
+    r = golden_hart.root
+    out = tmp_path / "cat.png"
+    assert main(["generate", "--model", "hart", "--vae", str(r / "tokenizer"), "--transformer", str(r / "llm"),
+                 "--text-encoder", str(qwen_dir), "a cat", "--seed", "1", "--pruning", "hart-paper",
+                 "--out", str(out), "--quiet"]) == 0
+    assert out.exists()

@@ -51,7 +51,7 @@ def load_from_args(args: argparse.Namespace):
         pipe.set_progress_bar_config(disable=args.quiet)
         return backbone, pipe
     config = args.config or config
-    if config is None:
+    if config is None and backbone != "hart":  # HART reads the transformer folder's own config.json
         raise FastVARError(f"--model {backbone} needs --config (a registry name or a JSON file)")
     extra = {"random_weights": True} if args.random_weights else {}
     if args.text_encoder:
