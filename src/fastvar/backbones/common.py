@@ -1,4 +1,4 @@
-"""Modules VAR and Infinity share (official ``SharedAdaLin`` and ``AdaLNBeforeHead``)."""
+"""Modules the backbones share (official ``SharedAdaLin``, ``AdaLNBeforeHead``, RMSNorm)."""
 from __future__ import annotations
 
 import torch
@@ -24,3 +24,18 @@ class AdaLNBeforeHead(nn.Module):
     def forward(self, x: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         scale, shift = self.ada_lin(cond_BD).view(-1, 1, 2, self.C).unbind(2)
         return F.layer_norm(x, (self.C,), eps=self.eps).mul(scale.add(1)).add_(shift)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) in float32, cast back to x's dtype, times the weight (Infinity's ``FastRMSNorm`` on
+    the T5 features; HART's ``LlamaRMSNormFused``, whose weight exists even where its code says no affine)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)

@@ -1,7 +1,7 @@
 """The HART text-to-image transformer (mit-han-lab/hart ``hart_transformer_t2i.py`` + ``basic_hart.py``).
 
 Module names equal the official ``ema_model.bin`` keys (the derived buffers ``lvl_1L``, ``attn_bias_for_masking`` and
-``blocks.N.attn.zero_k_bias`` are not kept: no 9750x9750 mask exists at inference). Reads top to bottom: RMSNorm ->
+``blocks.N.attn.zero_k_bias`` are not kept: no 9750x9750 mask exists at inference). Reads top to bottom:
 RoPE (1-D for the text context, HART's 2-D variant for image tokens) -> attention -> SwiGLU -> block -> head -> the
 model, which implements the next-scale protocol of ``fastvar.core.loop``: step 0 runs the context tokens and samples
 the 1x1 token from the last context position; the last step is HART's final stage (residual diffusion head, no
@@ -20,6 +20,7 @@ from torch import nn
 from ...core.attention import attend, qkv_heads
 from ...core.context import GenerationContext
 from ...core.sampling import gumbel_softmax, sample_top_k_top_p
+from ..common import RMSNorm
 from .config import HARTConfig
 from .diffusion import (
     DiffusionHead,
@@ -30,21 +31,6 @@ from .diffusion import (
 from .tokenizer import HARTTokenizer
 
 ROPE_BASE = 10000
-
-
-class RMSNorm(nn.Module):
-    """Official ``LlamaRMSNormFused`` (CUDA kernel; here its reference math): x / sqrt(mean(x^2) + eps) in float32,
-    cast back, times the weight (the weight exists even where the official code says elementwise_affine=False)."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------------------------------ RoPE

@@ -24,7 +24,7 @@ from ...core.attention import attend, qkv_heads
 from ...core.context import GenerationContext
 from ...core.sampling import sample_top_k_top_p
 from ...errors import FastVARError
-from ..common import AdaLNBeforeHead, SharedAdaLin
+from ..common import AdaLNBeforeHead, RMSNorm, SharedAdaLin
 from .config import InfinityConfig
 from .text import TextCondition
 from .vae import InfinityVAE
@@ -234,19 +234,6 @@ class MultipleLayers(nn.Module):
     def __init__(self, blocks: Sequence[CrossAttnBlock]):
         super().__init__()
         self.module = nn.ModuleList(blocks)
-
-
-class RMSNorm(nn.Module):
-    """``FastRMSNorm`` (the plain-PyTorch ``rms_norm_impl``) on the T5 features."""
-
-    def __init__(self, C: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(C))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(self.eps))) * self.weight
 
 
 # ------------------------------------------------------------------------------------------------------ the model
