@@ -192,3 +192,16 @@ def test_cli_eval_reports_fidelity_table(golden_args, tmp_path, capsys):
     # steps before the first pruned one are computed identically
     assert all(v == 1.0 for s, v in rows[1]["token_agreement_per_step"].items() if int(s) < 5)
     assert grid.exists() and "| 1 |" in capsys.readouterr().out
+
+
+def test_cli_save_masks_writes_pruned_token_maps(golden_args, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "a.png"
+    assert main(["generate", *golden_args, "--class", "1", "--pruning", "0.5,0.75", "--save-masks",
+                 str(tmp_path / "masks"), "--out", str(out)]) == 0
+    files = sorted(p.name for p in (tmp_path / "masks").iterdir())
+    assert files == ["a_step5_6x6.png", "a_step6_7x7.png"]
+    assert Image.open(tmp_path / "masks" / files[0]).size == (224, 224)  # 112 px enlarged x2
+    assert main(["generate", *golden_args, "--class", "1", "--save-masks", str(tmp_path / "m2"),
+                 "--out", str(out)]) == 2  # nothing pruned: a clear error

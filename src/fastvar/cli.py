@@ -133,6 +133,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _save_masks(out, paths: list[Path], folder: Path) -> None:
+    from PIL import Image
+
     from .outputs import mask_overlay
 
     if not out.kept_masks:
@@ -141,6 +143,8 @@ def _save_masks(out, paths: list[Path], folder: Path) -> None:
     for si, masks in sorted(out.kept_masks.items()):
         h, w = masks.shape[1:]
         for image, mask, path in zip(out.images, masks, paths):
+            k = max(1, 256 // image.size[0])  # enlarge small images (the demo's 64x64) so the token grid is visible
+            image = image.resize((image.size[0] * k, image.size[1] * k), Image.NEAREST)
             mask_overlay(image, mask).save(folder / f"{path.stem}_step{si}_{h}x{w}.png")
     print(f"wrote pruned-token maps of steps {sorted(out.kept_masks)} to {folder}")
 
