@@ -115,3 +115,11 @@ def build_and_load(
     checked = check_state_dict(expected, sd, what=what, derived=derived, hint=hint)
     model.load_state_dict(checked, strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def release_hint(depth: int, width: int, releases: Mapping[str, tuple[int, int]], details: str = "",
+                 otherwise: str = "") -> str:
+    """Error-message hint: the sizes found in a transformer checkpoint and the registry name with those sizes."""
+    found = f"the checkpoint has depth {depth}, width {width}{details}"
+    matches = [name for name, size in releases.items() if size == (depth, width)]
+    return f"{found}: try config={matches[0]!r}" if matches else found + otherwise

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ...core.loading import StateDict, build_and_load, read_state_dict
+from ...core.loading import StateDict, build_and_load, read_state_dict, release_hint
 from ...core.sampling import check_sampling_args, make_generator
 from ...errors import CheckpointError, FastVARError
 from ...outputs import GenerationOutput, check_output_type
@@ -71,9 +71,9 @@ def guess_release(sd: StateDict) -> str:
         return "this does not look like a HART text-to-image transformer (no context_embed.weight)"
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     width, context_dim = sd["context_embed.weight"].shape
-    matches = [n for n, s in CONFIGS.items() if (s.transformer.depth, s.transformer.embed_dim) == (depth, width)]
-    found = f"the checkpoint has depth {depth}, width {width}, context_dim {context_dim}"
-    return f"{found}: try config={matches[0]!r}" if matches else f"{found} (config=None reads the folder's config.json)"
+    releases = {n: (s.transformer.depth, s.transformer.embed_dim) for n, s in CONFIGS.items()}
+    return release_hint(depth, width, releases, details=f", context_dim {context_dim}",
+                        otherwise=" (config=None reads the folder's config.json)")
 
 
 class HARTPipeline(Pipeline):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ...core.loading import StateDict, build_and_load, read_state_dict
+from ...core.loading import StateDict, build_and_load, read_state_dict, release_hint
 from ...core.sampling import check_sampling_args
 from ...errors import CheckpointError, FastVARError
 from ...outputs import GenerationOutput, check_output_type
@@ -29,10 +29,8 @@ def guess_release(sd: StateDict) -> str:
     if "word_embed.weight" not in sd or "cfg_uncond" not in sd:
         return "this does not look like an Infinity transformer checkpoint (no word_embed.weight / cfg_uncond)"
     blocks = {k.rsplit(".sa.", 1)[0] for k in sd if ".sa.mat_qkv." in k}
-    width = sd["word_embed.weight"].shape[0]
-    matches = [n for n, s in CONFIGS.items() if s.infinity.depth == len(blocks) and s.infinity.embed_dim == width]
-    found = f"depth {len(blocks)}, width {width}"
-    return f"the checkpoint has {found}: try config={matches[0]!r}" if matches else f"the checkpoint has {found}"
+    releases = {n: (s.infinity.depth, s.infinity.embed_dim) for n, s in CONFIGS.items()}
+    return release_hint(len(blocks), sd["word_embed.weight"].shape[0], releases)
 
 
 class InfinityPipeline(Pipeline):

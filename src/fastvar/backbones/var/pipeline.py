@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from ...core.loading import StateDict, build_and_load, read_state_dict
+from ...core.loading import StateDict, build_and_load, read_state_dict, release_hint
 from ...core.sampling import check_sampling_args
 from ...errors import CheckpointError, FastVARError
 from ...outputs import GenerationOutput, check_output_type
@@ -24,10 +24,8 @@ def guess_release(sd: StateDict) -> str:
     if "class_emb.weight" not in sd:
         return "this does not look like a VAR transformer checkpoint (no class_emb.weight)"
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-    width = sd["class_emb.weight"].shape[1]
-    matches = [n for n, s in CONFIGS.items() if s.var.depth == depth and s.var.embed_dim == width]
-    found = f"depth {depth}, width {width}"
-    return f"the checkpoint has {found}: try config={matches[0]!r}" if matches else f"the checkpoint has {found}"
+    releases = {n: (s.var.depth, s.var.embed_dim) for n, s in CONFIGS.items()}
+    return release_hint(depth, sd["class_emb.weight"].shape[1], releases)
 
 
 class VARPipeline(Pipeline):
