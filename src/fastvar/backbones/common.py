@@ -1,9 +1,26 @@
-"""Modules the backbones share (official ``SharedAdaLin``, ``AdaLNBeforeHead``, RMSNorm)."""
+"""Modules the backbones share (official ``SharedAdaLin``, ``AdaLNBeforeHead``, RMSNorm, the GELU FFN)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def weight_dtype_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """A linear layer in its weight's dtype (bfloat16 blocks take float32 activations, like autocast)."""
+    return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
+
+
+class FFN(nn.Module):
+    """fc1 -> GELU(tanh) -> fc2 (VAR's and Infinity's ``FFN``), in the weights' dtype."""
+
+    def __init__(self, embed_dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(embed_dim, hidden)
+        self.fc2 = nn.Linear(hidden, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return weight_dtype_linear(F.gelu(weight_dtype_linear(x, self.fc1), approximate="tanh"), self.fc2)
 
 
 class SharedAdaLin(nn.Linear):

@@ -24,18 +24,13 @@ from ...core.attention import attend, qkv_heads
 from ...core.context import GenerationContext
 from ...core.sampling import sample_top_k_top_p
 from ...errors import FastVARError
-from ..common import AdaLNBeforeHead, RMSNorm, SharedAdaLin
+from ..common import FFN, AdaLNBeforeHead, RMSNorm, SharedAdaLin, weight_dtype_linear
 from .config import InfinityConfig
 from .text import TextCondition
 from .vae import InfinityVAE
 
 MAX_SCALE_MUL = math.log(100)  # cosine-attention temperature clamp
 NUM_LEVELS = 15  # rows of lvl_embed
-
-
-def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """A linear layer in its weight's dtype (bfloat16 blocks take float32 activations, like autocast)."""
-    return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
 
 
 def ada_layer_norm(x: torch.Tensor, eps: float, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -146,8 +141,8 @@ class CrossAttention(nn.Module):
             q = self.mat_q.expand(len(text.lens), -1, -1).unsqueeze(1)  # (B, 1, H, hd)
         else:
             B, L, _ = x.shape
-            q = _linear(x, self.mat_q).view(B, L, self.num_heads, self.head_dim)
-        return _linear(text_attention(q, kv, text, self.scale), self.proj)
+            q = weight_dtype_linear(x, self.mat_q).view(B, L, self.num_heads, self.head_dim)
+        return weight_dtype_linear(text_attention(q, kv, text, self.scale), self.proj)
 
 
 class TextAttentivePool(nn.Module):
@@ -184,17 +179,7 @@ class SelfAttention(nn.Module):
         q = F.normalize(q.float(), dim=-1, eps=1e-12).mul(scale_mul)
         k = F.normalize(k.float(), dim=-1, eps=1e-12)
         q, k = apply_rope(q, k, *state.rope.rows(ctx, x.shape[1]))
-        return _linear(attend(q.to(v.dtype), k.to(v.dtype), v, ctx, self.layer, scale=1.0), self.proj)
-
-
-class FFN(nn.Module):
-    def __init__(self, embed_dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(embed_dim, hidden)
-        self.fc2 = nn.Linear(hidden, embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _linear(F.gelu(_linear(x, self.fc1), approximate="tanh"), self.fc2)
+        return weight_dtype_linear(attend(q.to(v.dtype), k.to(v.dtype), v, ctx, self.layer, scale=1.0), self.proj)
 
 
 class CrossAttnBlock(nn.Module):

@@ -16,7 +16,7 @@ from torch import nn
 from ...core.attention import attend, qkv_heads
 from ...core.context import GenerationContext
 from ...core.sampling import gumbel_softmax, sample_top_k_top_p
-from ..common import AdaLNBeforeHead, SharedAdaLin
+from ..common import FFN, AdaLNBeforeHead, SharedAdaLin
 from .config import VARConfig
 from .vqvae import VQVAE
 
@@ -46,16 +46,6 @@ class SelfAttention(nn.Module):
             q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp())
             k = F.normalize(k, dim=-1)
         return self.proj(attend(q, k, v, ctx, self.layer, self.scale))
-
-
-class FFN(nn.Module):
-    def __init__(self, embed_dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(embed_dim, hidden)
-        self.fc2 = nn.Linear(hidden, embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
 class AdaLNSelfAttn(nn.Module):
