@@ -113,6 +113,8 @@ def test_cfg_text_conditioning(pipe, golden):
 def test_rope_positions(golden):
     rope = Rope2D(schedules.scale_schedule(1.0, 1024), GRID, head_dim=32, device=torch.device("cpu"))
     assert torch.equal(rope.positions.short(), golden["rope.pos_rowcol_1m"])
+    zero_shot = Rope2D([(84, 84)], GRID, head_dim=32, device=torch.device("cpu"))  # rows r*64/84: 0, .76, 1.52, 2.29
+    assert zero_shot.positions[:84 * 6:84, 0].tolist() == [0, 1, 2, 2, 3, 4]  # .. 3.05, 3.81, rounded
 
 
 # ----------------------------------------------------------------------------------- (c) teacher forcing
@@ -257,6 +259,22 @@ def test_non_square_batch_with_and_without_pruning(pipe, golden, h_div_w, templa
     assert not torch.equal(pruned.images, plain.images)
 
 
+def test_zero_shot_1344_non_square_with_its_preset(pipe, golden):
+    """The 1.8M schedule (a 71x94 step beyond what Infinity was trained on, 4:3 portrait template) runs end to end
+    with the infinity-1344 preset: the five steps after the cache step are pruned, none skipped. (Later steps' inputs
+    are resized from the final latent size, so only the first step is shared with a plain 256px run.)"""
+    text = text_of(golden, "text")
+    scales = schedules.scale_schedule(0.75, 1344)
+    assert len(scales) == 14 and scales[8:] == [(21, 28), (27, 36), (36, 48), (45, 60), (54, 72), (71, 94)]
+    out, _ = generate(pipe, text, h_div_w=0.75, resolution=1344, top_k=900, pruning="infinity-1344")
+    assert out.images.shape == (2, 3, 16 * 71, 16 * 94) and torch.isfinite(out.images).all()
+    assert out.stats["pruned_steps"] == [9, 10, 11, 12, 13] and out.stats["skipped_steps"] == []
+    last = out.stats["steps"][-1]
+    assert last["kept_per_layer"] == {"3": 71 * 94 - int(71 * 94 * 0.75)}  # blocks 3..27 of a depth-4 model: 3
+    plain, _ = generate(pipe, text, h_div_w=0.75, resolution=256, top_k=900)
+    assert torch.equal(out.tokens[0], plain.tokens[0])
+
+
 def test_explicit_schedule_and_negative_prompt(pipe, golden):
     text = text_of(golden, "text")
     explicit, _ = generate(pipe, text, scale_schedule=[(1, h, w) for h, w in SHORT])
@@ -282,13 +300,15 @@ def test_schedules():
     assert len(schedules.TEMPLATES) == 15
     assert list(schedules.TEMPLATES)[:5] == [1.0, 1.25, 0.8, 1.333, 0.75]
     for ratio, hws in schedules.TEMPLATES.items():
-        for n in schedules.PN_LENGTHS.values():  # the official table's own check
-            assert abs(hws[n - 1][0] / hws[n - 1][1] - ratio) < 0.01
+        for name, n in schedules.PN_LENGTHS.items():  # the official table's own check; looser for zero-shot scales
+            assert abs(hws[n - 1][0] / hws[n - 1][1] - ratio) < (0.025 if name in schedules.ZERO_SHOT else 0.01)
     assert schedules.nearest_template(9 / 16) == 0.571 and schedules.nearest_template(16 / 9) == 1.75
     assert schedules.nearest_template(1.125) == 1.0  # a tie resolves to the first template, like np.argmin
     assert schedules.scale_schedule(1.0, 1024)[-1] == (64, 64) and len(schedules.scale_schedule(2.0, 512)) == 10
     assert schedules.check_schedule([(1, 1), (2, 2), (4, 2)]) == ([(1, 1), (2, 2), (4, 2)], 2.0)
-    for bad in ((0.0, 1024), (1.0, 2048), (1.0, "2M")):
+    assert [s[0] for s in schedules.scale_schedule(1.0, 2048)[-4:]] == [64, 84, 104, 128]
+    assert schedules.scale_schedule(0.75, 1344)[-1] == (71, 94) and schedules.rope_grid(0.75) == (54, 72)
+    for bad in ((0.0, 1024), (1.0, 3000), (1.0, "2M")):
         with pytest.raises(FastVARError):
             schedules.scale_schedule(*bad)
 

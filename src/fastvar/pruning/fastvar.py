@@ -103,6 +103,12 @@ PRESETS: dict[str, PruningSchedule] = {
     "infinity-paper": PruningSchedule(ratios=(0.4, 0.5, 1.0, 1.0), layers=tuple(range(3, 28)), clip_layers=True),
     # Paper, HART-0.7B 1024²: cache at 36, prune 48 by 50% and 64 by 75%, every block.
     "hart-paper": PruningSchedule(ratios=(0.5, 0.75)),
+    # Zero-shot Infinity 1344² (1.8M schedule ..., 24, 32, 40, 48, 64, 84) and 2048² (4M: ..., 64, 84, 104, 128):
+    # cache at 24x24 as the paper, ratios rising with the map, and no step skipped, since the steps beyond 1M are what
+    # make the resolution. Speed and memory: docs/benchmarks.md; image quality is unmeasured (no Infinity weights).
+    "infinity-1344": PruningSchedule(ratios=(0.4, 0.5, 0.6, 0.7, 0.75), layers=tuple(range(3, 28)), clip_layers=True),
+    "infinity-2048": PruningSchedule(ratios=(0.4, 0.5, 0.6, 0.7, 0.75, 0.75, 0.8), layers=tuple(range(3, 28)),
+                                     clip_layers=True),
 }
 
 

@@ -110,8 +110,9 @@ class InfinityPipeline(Pipeline):
 
         Official settings: Infinity-2B cfg 3 (notebook) or 4 (``infer.sh``), tau 0.5; Infinity-8B cfg 3, tau 1.0;
         top_k 900, top_p 0.97 everywhere. The schedule is the template nearest to ``h_div_w`` at ``resolution``
-        (256/512/768/1024 or "0.06M"/"0.25M"/"0.60M"/"1M"), or ``scale_schedule`` given as (h, w) token grids
-        (a prefix of a template's 1M list; it overrides ``h_div_w`` and ``resolution``).
+        (256/512/768/1024 or "0.06M"/"0.25M"/"0.60M"/"1M"; zero-shot 1344/1664/2048, see ``schedules``), or
+        ``scale_schedule`` given as (h, w) token grids (a prefix of a template's list; it overrides ``h_div_w`` and
+        ``resolution``).
         Returns RGB images; ``tokens`` are the sampled bits (B, h*w, d) uint8 of every computed step, and
         ``stats`` names the template and schedule.
         """

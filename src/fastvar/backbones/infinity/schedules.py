@@ -4,6 +4,11 @@ Every aspect ratio h/w has one 13-scale list of token grids (h, w); its prefixes
 0.06M, 0.25M, 0.60M and 1M schedules (256, 512, 768 and 1024 pixels on a side for 1:1). The official ``t`` of each
 scale is replaced by 1 (``run_infinity.py``), so a schedule here is a list of (h, w). The 2-D RoPE of every schedule
 of a ratio is laid out on the grid of that ratio's LAST 1M scale, so each schedule also names its RoPE grid.
+
+Zero-shot higher resolutions (FastVAR's extension; not in the official table): each template's list continues with
+its last 1M grid times 1.3125, 1.625 and 2 (rounded), giving the 1.8M, 2.8M and 4M schedules (1344, 1664 and 2048
+pixels on a side for 1:1; 14, 15 and 16 scales). The model never saw these scales: their RoPE positions come from
+the official formula on the unchanged 1M grid (interpolated, so the image still spans the trained position range).
 """
 from __future__ import annotations
 
@@ -31,6 +36,11 @@ _RATIO2HWS: dict[float, list[tuple[int, int]]] = {
             (36, 12), (45, 15), (54, 18), (72, 24), (90, 30), (111, 37)],
 }
 
+EXTENSION_FACTORS = (1.3125, 1.625, 2.0)  # zero-shot scales after the 1M list, relative to its last grid
+for _hws in _RATIO2HWS.values():
+    _h, _w = _hws[-1]
+    _hws.extend((round(_h * f), round(_w * f)) for f in EXTENSION_FACTORS)
+
 # Templates in the official dict order (1.0, 1.25, 0.8, 1.333, 0.75, ...): ``np.argmin`` resolves ties by this order.
 TEMPLATES: dict[float, list[tuple[int, int]]] = {}
 for _ratio, _hws in _RATIO2HWS.items():
@@ -39,8 +49,9 @@ for _ratio, _hws in _RATIO2HWS.items():
         TEMPLATES[int(1 / _ratio * 1000) / 1000] = [(w, h) for h, w in _hws]
 
 # pixel-count names -> number of scales; resolutions name them by the side of the 1:1 image
-PN_LENGTHS = {"0.06M": 7, "0.25M": 10, "0.60M": 12, "1M": 13}
-RESOLUTIONS = {256: "0.06M", 512: "0.25M", 768: "0.60M", 1024: "1M"}
+PN_LENGTHS = {"0.06M": 7, "0.25M": 10, "0.60M": 12, "1M": 13, "1.8M": 14, "2.8M": 15, "4M": 16}
+RESOLUTIONS = {256: "0.06M", 512: "0.25M", 768: "0.60M", 1024: "1M", 1344: "1.8M", 1664: "2.8M", 2048: "4M"}
+ZERO_SHOT = ("1.8M", "2.8M", "4M")  # schedules beyond what the released models were trained on
 
 
 def nearest_template(h_div_w: float) -> float:
@@ -51,7 +62,7 @@ def nearest_template(h_div_w: float) -> float:
 
 
 def pn_name(resolution: int | str) -> str:
-    """1024 / "1M" -> "1M" (also 256, 512, 768 and "0.06M", "0.25M", "0.60M")."""
+    """1024 / "1M" -> "1M" (also 256, 512, 768, 1344, 1664, 2048 and their pixel-count names)."""
     if isinstance(resolution, str) and resolution in PN_LENGTHS:
         return resolution
     if isinstance(resolution, int) and resolution in RESOLUTIONS:
@@ -68,7 +79,7 @@ def scale_schedule(h_div_w: float, resolution: int | str) -> list[tuple[int, int
 
 
 def check_schedule(scales: Sequence[Sequence[int]]) -> tuple[list[tuple[int, int]], float]:
-    """Validate an explicit schedule of (h, w) or (1, h, w): it must be a prefix of a template's 1M list.
+    """Validate an explicit schedule of (h, w) or (1, h, w): it must be a prefix of a template's list.
 
     Returns the (h, w) list and the template it belongs to (which fixes the RoPE grid). Short prefixes shared by
     several templates resolve to the template nearest to the last scale's h/w.
@@ -92,4 +103,4 @@ def check_schedule(scales: Sequence[Sequence[int]]) -> tuple[list[tuple[int, int
 
 def rope_grid(template: float) -> tuple[int, int]:
     """The (h, w) grid every RoPE position of this template's schedules is normalised to (its last 1M scale)."""
-    return TEMPLATES[template][-1]
+    return TEMPLATES[template][PN_LENGTHS["1M"] - 1]
