@@ -12,6 +12,7 @@ from fastvar.backbones.infinity.model import Infinity
 from fastvar.backbones.infinity.vae import InfinityVAE
 from fastvar.cli import main
 from fastvar.demo import train
+from fastvar.demo.data import EmojiSet
 from fastvar.demo.text import ByteTextEncoder, ByteTextConfig
 from fastvar.errors import FastVARError
 
@@ -72,7 +73,7 @@ def test_training_path_matches_inference_forward():
     x, y = train.encode_dataset(vae, img)
     assert x.shape == (2, 520, 16) and y.shape == (2, 521, 16)
     model, text_enc = Infinity(train.INFINITY_CFG, vae), ByteTextEncoder(ByteTextConfig())
-    train.init_transformer(model)
+    train.init_transformer(model, (model.cfg_uncond, model.pos_start))
     text = text_enc(["a red apple", "a banana"])
     logits = model.teacher_forced_logits(text, x, train.SCALES, train.ROPE_GRID)
     torch.nn.functional.cross_entropy(logits.reshape(-1, 2), y.reshape(-1).long()).backward()
@@ -80,3 +81,57 @@ def test_training_path_matches_inference_forward():
     with torch.no_grad():
         text = text_enc(["a red apple", "a banana"])
     np.testing.assert_array_equal(model(text, x, train.SCALES, train.ROPE_GRID).numpy(), logits.detach().numpy())
+
+
+def test_var_training_path_and_export_load(tmp_path):
+    """The class-conditional VAR trainer (fastvar.demo.train_var): the VQ-VAE losses reach encoder, codebook and phis;
+    the teacher-forced transformer is differentiable and equals the inference forward; an exported run loads strictly
+    through load_pipeline("var") and generates 64x64 images."""
+    from fastvar.backbones.var.model import VAR
+    from fastvar.backbones.var.vqvae import VQVAE
+    from fastvar.demo import train_var
+
+    torch.manual_seed(0)
+    vae = VQVAE(train_var.VAE_CFG)
+    img = torch.rand(2, 3, 64, 64) * 2 - 1
+    loss, parts, idx, f = train_var.vqvae_loss(vae, img)
+    loss.backward()
+    assert f.shape == (2, 16, 16, 16) and [i.shape[1] for i in idx] == [p * p for p in train_var.PATCHES]
+    for p in (vae.encoder.conv_in.weight, vae.quantize.embedding.weight, vae.quantize.quant_resi.qresi_ls[0].weight):
+        assert p.grad.abs().sum() > 0
+    unused = torch.zeros(train_var.VAE_CFG.vocab_size, dtype=torch.bool)
+    unused[[3, 7]] = True
+    codebook = vae.quantize.embedding.weight.detach().clone()
+    train_var.restart_codes(codebook, unused, f, torch.Generator().manual_seed(0))
+    vectors = f.permute(0, 2, 3, 1).reshape(-1, 16)
+    assert torch.equal(codebook[~unused], vae.quantize.embedding.weight[~unused])
+    assert all((vectors == codebook[i]).all(-1).any() for i in (3, 7))  # each restarted code is a latent vector
+
+    w = train_var.token_weights()
+    assert w.shape == (680,) and torch.isclose(w.sum(), torch.tensor(1.0))
+    assert torch.isclose(w[0], torch.tensor(0.5 / 680 + 0.5 / 10))  # the 1x1 step alone: half of 1/10 + its share
+
+    vae.eval().requires_grad_(False)
+    x, y = train_var.encode_dataset(vae, img)
+    assert x.shape == (4, 679, 16) and y.shape == (4, 680)  # every image and its mirror
+    model = VAR(train_var.var_config(num_classes=3), vae)
+    train_var.init_transformer(model, (model.pos_start, model.pos_1LC))
+    labels = torch.tensor([0, 3, 1, 2])  # 3 = the unconditional class (a dropped condition)
+    logits = model(labels, x)
+    torch.nn.functional.cross_entropy(logits.transpose(1, 2), y).backward()
+    assert model.class_emb.weight.grad[3].abs().sum() > 0 and model.blocks[0].attn.mat_qkv.weight.grad is not None
+    with torch.no_grad():
+        np.testing.assert_array_equal(model(labels, x).numpy(), logits.detach().numpy())
+
+    run, dest = tmp_path / "run", tmp_path / "model"
+    run.mkdir()
+    train._save(run / "vae_ckpt.pt", model=vae.state_dict(), step=1)
+    train._save(run / "transformer_ckpt.pt", model=model.state_dict(), step=1)
+    names = ["red apple", "pear", "banana"]
+    train_var.export(run, dest, EmojiSet(img[:0], [], names), {"seed": 0})
+    pipe = load_pipeline("var", config=str(dest / "config.json"), vae=str(dest / "vae.safetensors"),
+                         transformer=str(dest / "var.safetensors"))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(class_labels=[0, 2], seed=0, top_k=0, top_p=0.0, output_type="pt", pruning="0.5,1")
+    assert out.images.shape == (2, 3, 64, 64) and out.stats["skipped_steps"] == [9]
+    assert pipe.spec.image_size == 64

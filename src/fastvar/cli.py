@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", help="write a latency/memory plot (PNG) here")
     b.set_defaults(func=cmd_bench)
 
-    t = sub.add_parser("train-demo", help="train the built-in demo model (BSQ-VAE, then transformer) on CPU/GPU")
+    t = sub.add_parser("train-demo", help="train the built-in demo model (or, --backbone var, the VAR the VAR preset is measured on)")
     from .demo.train import add_args as add_train_args
 
     add_train_args(t)

@@ -121,8 +121,9 @@ def encode_dataset(vae: InfinityVAE, images: torch.Tensor, chunk: int = 64) -> t
     return torch.cat(xs), torch.cat(ys)
 
 
-def init_transformer(model: Infinity, std: float = 0.02) -> None:
-    """Small normal init (official ``init_weights`` spirit): linears/embeddings N(0, std), zero biases."""
+def init_transformer(model: nn.Module, free: tuple[nn.Parameter, ...], std: float = 0.02) -> None:
+    """Small normal init (official ``init_weights`` spirit): linears/embeddings and the ``free`` parameters (start
+    token, learned positions or unconditional rows) N(0, std), zero biases, a 10x smaller head."""
     for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=std)
@@ -130,7 +131,7 @@ def init_transformer(model: Infinity, std: float = 0.02) -> None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=std)
-    for p in (model.cfg_uncond, model.pos_start):
+    for p in free:
         nn.init.normal_(p, std=std)
     model.head.weight.data.mul_(0.1)
 
@@ -155,7 +156,7 @@ def train_transformer(data: EmojiSet, vae: InfinityVAE, out: Path, steps: int, b
     x_all, y_all = encode_dataset(vae, data.images)
     torch.manual_seed(seed)
     model, text_enc = Infinity(INFINITY_CFG, vae), ByteTextEncoder(TEXT_CFG)
-    init_transformer(model)
+    init_transformer(model, (model.cfg_uncond, model.pos_start))
     params = list(model.parameters()) + list(text_enc.parameters())
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", choices=("infinity", "var"), default="infinity",
+                   help="infinity: the shipped text-to-image demo; var: the class-conditional VAR of fastvar.demo.train_var")
     p.add_argument("--out", required=True, help="run folder: checkpoints and log.tsv (resumes from it)")
     p.add_argument("--vae-steps", type=int, default=200)
     p.add_argument("--steps", type=int, default=600, help="transformer steps")
@@ -243,10 +246,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale-weighting-from", type=int, default=0,
                    help="transformer step from which every scale weighs the same in the loss (0: always)")
     p.add_argument("--ckpt-every", type=int, default=100)
-    p.add_argument("--export", help="write the shipped weights + demo.json into this folder (src/fastvar/demo)")
+    p.add_argument("--export", help="write the weights + config into this folder (the demo's: src/fastvar/demo)")
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.backbone == "var":
+        from .train_var import run as run_var
+
+        return run_var(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "log.tsv")

@@ -53,7 +53,7 @@ class VARModelSpec:
 
     @property
     def image_size(self) -> int:
-        return 16 * self.var.patch_nums[-1]
+        return self.vae.downsample * self.var.patch_nums[-1]
 
     def to_json(self) -> dict:
         return {"vae_kwargs": asdict(self.vae), "var_kwargs": asdict(self.var)}

@@ -162,10 +162,10 @@ class VAR(nn.Module):
             h = F.interpolate(h, size=(pn_last, pn_last), mode="bicubic")
         state.f_hat.add_(self.vae[0].phi(si, K, h))
 
-    # ---- teacher forcing (training-style forward, used to check numerics) -----------------------------------
-    @torch.inference_mode()
+    # ---- teacher forcing (training forward; also checks numerics against the official one) ---------------------
     def forward(self, labels: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor) -> torch.Tensor:
-        """Logits (B, L, V) for every position given the ground-truth next-scale inputs (official ``VAR.forward``)."""
+        """Logits (B, L, V) for every position given the ground-truth next-scale inputs (official ``VAR.forward``
+        without its condition dropout: pass ``num_classes`` as the label of a dropped row). Differentiable."""
         B = labels.shape[0]
         cond_BD = self.class_emb(labels)
         sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1)
