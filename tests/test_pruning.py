@@ -178,9 +178,12 @@ def test_bad_schedule_strings(text):
 
 def test_kv_cache_reserves_only_what_each_layer_stores():
     scales = [(1, 1), (2, 2), (4, 4), (8, 8)]
-    ctx = GenerationContext(scales, pruner=PruningSchedule(ratios=(0.5, 1.0), layers=(1,)).pruner(4, 2))
-    assert ctx.kv_cache(0).capacity == 1 + 4 + 16  # unpruned layer: every computed step, skipped 8x8 not
-    assert ctx.kv_cache(1).capacity == 1 + 4 + 8  # pruned layer: 16 - int(16 * 0.5) at 4x4
+    ctx = GenerationContext(scales, pruner=PruningSchedule(ratios=(0.5, 0.0, 1.0), layers=(1,)).pruner(4, 2))
+    assert ctx.final_step == 2  # 8x8 skipped: the 4x4 step is the last computed one, its keys are never cached
+    assert ctx.kv_cache(0).capacity == 1 + 4  # unpruned layer: every computed step but the final one
+    assert ctx.kv_cache(1).capacity == 1 + 4 - int(4 * 0.5)  # pruned layer: the kept half of 2x2
+    plain = GenerationContext(scales)
+    assert plain.final_step == 3 and plain.kv_cache(0).capacity == 1 + 4 + 16
 
 
 def test_kv_cache_appends_at_offsets_and_grows_past_capacity():
@@ -190,5 +193,8 @@ def test_kv_cache_appends_at_offsets_and_grows_past_capacity():
     k1, v1 = torch.randn(2, 1, 2, 4), torch.randn(2, 1, 2, 4)
     k2, v2 = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4)
     cache.append(k1, v1)
+    k, v = cache.append(k2, v2, store=False)  # final step: joined in a temporary, the cache is unchanged
+    assert torch.equal(k, torch.cat((k1, k2), 2)) and torch.equal(v, torch.cat((v1, v2), 2))
+    assert cache.length == 2 and cache.k.shape[2] == 3
     k, v = cache.append(k2, v2)
     assert torch.equal(k, torch.cat((k1, k2), 2)) and torch.equal(v, torch.cat((v1, v2), 2))

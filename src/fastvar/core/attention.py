@@ -19,9 +19,10 @@ def qkv_heads(x: torch.Tensor, weight: torch.Tensor, q_bias: torch.Tensor, v_bia
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: GenerationContext, layer: int,
            scale: float) -> torch.Tensor:
     """Softmax attention of this step's (B, H, L, hd) queries over every cached key of the layer plus its own keys,
-    which are appended to the cache (teacher forcing: over the whole sequence with ``ctx.attn_mask``). -> (B, L, C)."""
+    which are appended to the cache, except at the final step (teacher forcing: over the whole sequence with
+    ``ctx.attn_mask``). -> (B, L, C)."""
     if ctx.attn_mask is None:
-        k, v = ctx.kv_cache(layer).append(k, v)
+        k, v = ctx.kv_cache(layer).append(k, v, store=ctx.si != ctx.final_step)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask, scale=scale)
     B, H, L, hd = out.shape
     return out.transpose(1, 2).reshape(B, L, H * hd)

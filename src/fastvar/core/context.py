@@ -42,8 +42,9 @@ class KVCache:
     """Keys/values of one attention layer, preallocated for the whole schedule and written at an offset.
 
     Shapes are (B, H, capacity, D). The capacity is what the layer will store (pruned steps add only their kept
-    tokens, skipped steps nothing), so no memory is reserved for tokens that never come; writing past it grows the
-    buffer (a safety net, never needed when the capacity is right).
+    tokens, skipped steps nothing, and the final computed step nothing: no later step reads its keys), so no memory is
+    reserved for tokens that never come; writing past it grows the buffer (a safety net, never needed when the
+    capacity is right).
     """
 
     def __init__(self, capacity: int):
@@ -51,8 +52,16 @@ class KVCache:
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write (B, H, l, D) keys/values after the cached ones; return views of everything cached so far."""
+    def append(self, k: torch.Tensor, v: torch.Tensor, store: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, H, l, D) keys/values after the cached ones; return views of everything cached so far.
+
+        ``store=False`` (the final step) returns the cached keys/values joined with these in a temporary instead: one
+        layer's temporary at a time replaces every layer holding the final step's keys (at 2048² Infinity-2B without
+        pruning the final 128x128 step is 40 % of the KV cache)."""
+        if not store:
+            if self.length == 0:
+                return k, v
+            return torch.cat((self.k[:, :, :self.length], k), 2), torch.cat((self.v[:, :, :self.length], v), 2)
         if self.k is None:
             B, H, _, D = k.shape
             self.k = k.new_empty(B, H, self.capacity, D)
@@ -108,6 +117,8 @@ class GenerationContext:
         self.generator = generator
         self.pruner: Pruner = pruner or NoPruning()
         self.kv_extra = 0  # K/V rows beyond the scale maps (HART's context tokens at step 0); set before any cache
+        # the last step the loop computes (trailing skipped steps end it): its keys/values are never cached
+        self.final_step = max((si for si in range(len(self.scales)) if not self.pruner.skips(si)), default=-1)
         self.timed = timed
         self.si = -1
         self.keep_idx: torch.Tensor | None = None  # (B, K) kept token positions while a pruned branch runs
@@ -128,8 +139,9 @@ class GenerationContext:
 
     def kv_cache(self, layer: int) -> KVCache:
         if layer not in self.kv:
-            maps = sum(self.pruner.tokens_kept(si, layer, h * w) for si, (h, w) in enumerate(self.scales))
-            self.kv[layer] = KVCache(maps + self.kv_extra)
+            final = self.final_step
+            maps = sum(self.pruner.tokens_kept(si, layer, h * w) for si, (h, w) in enumerate(self.scales) if si != final)
+            self.kv[layer] = KVCache(maps + (self.kv_extra if final != 0 else 0))
         return self.kv[layer]
 
     def branch(self, layer: int, name: str, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
