@@ -94,7 +94,7 @@ def test_var_training_path_and_export_load(tmp_path):
     torch.manual_seed(0)
     vae = VQVAE(train_var.VAE_CFG)
     img = torch.rand(2, 3, 64, 64) * 2 - 1
-    loss, parts, idx, f = train_var.vqvae_loss(vae, img)
+    loss, _, idx, f = train_var.vqvae_loss(vae, img)
     loss.backward()
     assert f.shape == (2, 16, 16, 16) and [i.shape[1] for i in idx] == [p * p for p in train_var.PATCHES]
     for p in (vae.encoder.conv_in.weight, vae.quantize.embedding.weight, vae.quantize.quant_resi.qresi_ls[0].weight):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from ..backbones.infinity.config import InfinityConfig, InfinityModelSpec
 from ..backbones.infinity.model import Infinity
 from ..backbones.infinity.text import TextCondition
 from ..backbones.infinity.vae import InfinityVAE, InfinityVAEConfig
+from ..errors import FastVARError
 from .data import PACKAGE, VERSION, EmojiSet, load_emoji
 from .text import ByteTextConfig, ByteTextEncoder
 
@@ -207,7 +209,7 @@ def spec() -> InfinityModelSpec:
     return InfinityModelSpec(VAE_CFG, INFINITY_CFG)
 
 
-def export(out: Path, dest: Path, info: dict) -> None:
+def export(out: Path, dest: Path, data: EmojiSet, info: dict) -> None:
     """Write ``weights/{vae,transformer,text_encoder}.safetensors`` and ``demo.json`` from the run's checkpoints."""
     from safetensors.torch import save_file
 
@@ -221,7 +223,7 @@ def export(out: Path, dest: Path, info: dict) -> None:
     config = spec().to_json()
     config["text_encoder"] = TEXT_CFG.__dict__
     config["data"] = {"npm": f"{PACKAGE}@{VERSION}", "vae_categories": list(VAE_CATEGORIES),
-                      "categories": list(CATEGORIES)}
+                      "categories": list(CATEGORIES), "images": len(data.images)}
     config["training"] = dict(info, vae_steps=vae_state["step"], transformer_steps=tf_state["step"])
     (dest / "demo.json").write_text(json.dumps(config, indent=1) + "\n")
 
@@ -250,25 +252,30 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Both stages and the export, for the Infinity demo or (``--backbone var``) the class-conditional VAR."""
     if args.backbone == "var":
-        from .train_var import run as run_var
+        from . import train_var as stages
 
-        return run_var(args)
+        if args.scale_weighting_from:
+            raise FastVARError("--scale-weighting-from is an option of the Infinity demo; VAR weighs scales by "
+                               "train_var.token_weights() from the first step")
+        extra = {}
+    else:
+        stages, extra = sys.modules[__name__], {"scale_weighting_from": args.scale_weighting_from}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "log.tsv")
     print(f"data: {PACKAGE}@{VERSION}; torch threads {torch.get_num_threads()}")
     vae_data = load_emoji(VAE_CATEGORIES)
-    print(f"VAE: {len(vae_data.images)} images of {list(VAE_CATEGORIES)}")
-    vae = train_vae(vae_data, out, args.vae_steps, args.vae_batch, args.vae_lr, args.seed, log, args.ckpt_every)
+    print(f"tokenizer: {len(vae_data.images)} images of {list(VAE_CATEGORIES)}")
+    vae = stages.train_vae(vae_data, out, args.vae_steps, args.vae_batch, args.vae_lr, args.seed, log, args.ckpt_every)
     data = load_emoji(CATEGORIES)
     print(f"transformer: {len(data.images)} images of {list(CATEGORIES)}")
-    train_transformer(data, vae, out, args.steps, args.batch, args.lr, args.seed, log, args.ckpt_every,
-                      scale_weighting_from=args.scale_weighting_from)
+    stages.train_transformer(data, vae, out, args.steps, args.batch, args.lr, args.seed, log, args.ckpt_every, **extra)
     if args.export:
-        info = {k: getattr(args, k) for k in ("vae_batch", "batch", "vae_lr", "lr", "seed", "scale_weighting_from")}
-        export(out, Path(args.export), info)
-        print(f"exported the demo model to {args.export}")
+        info = {k: getattr(args, k) for k in ("vae_batch", "batch", "vae_lr", "lr", "seed")} | extra
+        stages.export(out, Path(args.export), data, info)
+        print(f"exported the {args.backbone} model to {args.export}")
 
 
 if __name__ == "__main__":

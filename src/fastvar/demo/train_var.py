@@ -8,11 +8,11 @@ downsamples 4x instead of 16x), one class per "Food & Drink" emoji. Stage 1 trai
 ``VectorQuantizer2`` losses (per-scale commitment/codebook MSE, straight-through estimator) plus L1 + L2
 reconstruction, restarting unused codes from encoder outputs. Stage 2 encodes every image (and its mirror image) once
 and trains the transformer with teacher forcing (cross-entropy over the codebook, 10 % class dropout to the
-unconditional class as the official ``cond_drop_rate``). Logging, checkpoints and resuming as ``fastvar.demo.train``.
+unconditional class as the official ``cond_drop_rate``). ``fastvar.demo.train.run`` drives both stages (logging,
+checkpoints and resuming as for the Infinity demo).
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -23,8 +23,7 @@ from torch import nn
 from ..backbones.var.config import PATCH_NUMS, VARConfig, VARModelSpec
 from ..backbones.var.model import VAR
 from ..backbones.var.vqvae import VQVAE, VQVAEConfig
-from ..errors import FastVARError
-from .data import PACKAGE, VERSION, EmojiSet, load_emoji
+from .data import PACKAGE, VERSION, EmojiSet
 from .train import CATEGORIES, VAE_CATEGORIES, Log, _save, init_transformer, lr_at
 
 PATCHES = PATCH_NUMS[256]  # 680 tokens, final map 16x16
@@ -183,23 +182,3 @@ def export(out: Path, dest: Path, data: EmojiSet, info: dict) -> None:
                       "categories": list(CATEGORIES)}
     config["training"] = dict(info, vae_steps=vae_state["step"], transformer_steps=tf_state["step"])
     (dest / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-
-
-def run(args: argparse.Namespace) -> None:
-    if args.scale_weighting_from:
-        raise FastVARError("--scale-weighting-from is an option of the Infinity demo; VAR weighs scales by "
-                           "token_weights() from the first step")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = Log(out / "log.tsv")
-    print(f"data: {PACKAGE}@{VERSION}; torch threads {torch.get_num_threads()}")
-    vae_data = load_emoji(VAE_CATEGORIES)
-    print(f"VQ-VAE: {len(vae_data.images)} images of {list(VAE_CATEGORIES)}")
-    vae = train_vae(vae_data, out, args.vae_steps, args.vae_batch, args.vae_lr, args.seed, log, args.ckpt_every)
-    data = load_emoji(CATEGORIES)
-    print(f"VAR: {len(data.images)} classes of {list(CATEGORIES)} (each image and its mirror)")
-    train_transformer(data, vae, out, args.steps, args.batch, args.lr, args.seed, log, args.ckpt_every)
-    if args.export:
-        info = {k: getattr(args, k) for k in ("vae_batch", "batch", "vae_lr", "lr", "seed")}
-        export(out, Path(args.export), data, info)
-        print(f"exported the VAR model to {args.export}")
