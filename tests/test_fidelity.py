@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from fastvar.eval.fidelity import psnr, ssim, token_agreement
+from fastvar.eval.fidelity import detail_ratio, high_frequency_energy, psnr, ssim, token_agreement
 
 
 def test_psnr_constant_offset():
@@ -26,3 +26,13 @@ def test_token_agreement_indices_and_bits():
     bits_a = torch.tensor([[[0, 1], [1, 1]]], dtype=torch.uint8)
     bits_b = torch.tensor([[[0, 1], [1, 0]]], dtype=torch.uint8)
     assert token_agreement(bits_a, bits_b) == 0.5
+
+
+def test_high_frequency_energy_and_detail_ratio():
+    checker = (torch.arange(6)[:, None] + torch.arange(6)[None, :]) % 2  # 0/1 checkerboard
+    x = checker.float().expand(1, 3, 6, 6)
+    # every interior pixel: four neighbours of the other colour -> Laplacian +-4 -> squared 16
+    assert torch.equal(high_frequency_energy(x), torch.tensor([16.0], dtype=torch.float64))
+    assert high_frequency_energy(torch.full((2, 3, 6, 6), 0.7)).eq(0).all()  # a flat image has no detail
+    half_contrast = 0.5 + (x - 0.5) * 0.5
+    assert torch.allclose(detail_ratio(half_contrast, x), torch.tensor([0.25], dtype=torch.float64))

@@ -136,6 +136,16 @@ def test_schedule_string_form_and_presets():
     assert PruningSchedule.parse("0.5;layers=0,2").layers == (0, 2)
 
 
+def test_var_preset_on_the_official_256px_schedule():
+    from fastvar.backbones.var.config import PATCH_NUMS
+    from fastvar.pruning.fastvar import describe
+
+    rows = describe(resolve_pruning("var-fastvar"), [(p, p) for p in PATCH_NUMS[256]], depth=16)
+    assert rows[7] == {"step": 7, "hw": [10, 10], "tokens": 100, "cache": True}
+    assert [r.get("kept") for r in rows[8:]] == [169 - 84, 256 - 192]  # 13x13 by 50 %, 16x16 by 75 %
+    assert not any(r.get("skipped") for r in rows) and PRESETS["var-fastvar"].layers is None  # every block
+
+
 def test_presets_clip_layers_to_a_shallower_model():
     assert PRESETS["infinity-paper"].pruner(13, 4).layers == {3}
     with pytest.raises(FastVARError, match="outside the model"):

@@ -184,11 +184,12 @@ def test_bfloat16_transformer_runs(golden_var):
 def test_cli_eval_reports_fidelity_table(golden_args, tmp_path, capsys):
     js, grid = tmp_path / "e.json", tmp_path / "grid.png"
     assert main(["eval", *golden_args, "--class", "1", "--seeds", "0-1", "--top-k", "6", "--top-p", "0.9",
-                 "--schedules", "0.5,0.75|1|0.5,0.75;granularity=block", "--json", str(js), "--grid", str(grid)]) == 0
+                 "--schedules", "var-fastvar|1|0.5,0.75;granularity=block", "--json", str(js), "--grid", str(grid)]) == 0
     rows = json.loads(js.read_text())["rows"]
-    assert [r["schedule"] for r in rows] == ["none (baseline)", "0.5,0.75", "1", "0.5,0.75;granularity=block"]
+    assert [r["schedule"] for r in rows] == ["none (baseline)", "var-fastvar", "1", "0.5,0.75;granularity=block"]
     assert rows[0]["tokens_forwarded"] == 140 and rows[2]["tokens_forwarded"] == 91  # 140 - 49 (last step skipped)
     assert rows[1]["tokens_forwarded"] == 140 - 36 - 49 + 18 + 13  # 6x6 keeps 36 - int(18) = 18, 7x7 49 - int(36.75)
+    assert 0 < rows[1]["detail_ratio_mean"] < float("inf")  # reported, finite
     # steps before the first pruned one are computed identically
     assert all(v == 1.0 for s, v in rows[1]["token_agreement_per_step"].items() if int(s) < 5)
     assert grid.exists() and "| 1 |" in capsys.readouterr().out

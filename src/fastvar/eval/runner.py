@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from PIL import Image, ImageDraw
 
 from ..outputs import format_images
-from .fidelity import psnr, ssim, token_agreement
+from .fidelity import detail_ratio, psnr, ssim, token_agreement
 
 
 def tokens_forwarded(stats: dict, depth: int) -> float:
@@ -29,6 +29,7 @@ class ScheduleResult:
     tokens: list[float] = field(default_factory=list)
     psnr: list[float] = field(default_factory=list)
     ssim: list[float] = field(default_factory=list)
+    detail: list[float] = field(default_factory=list)
     agreement: dict[int, list[float]] = field(default_factory=dict)  # step -> per-run token agreement
     skipped: list[int] = field(default_factory=list)
 
@@ -47,6 +48,7 @@ class ScheduleResult:
             row["psnr_db_mean"] = round(statistics.mean(finite), 2) if finite else float("inf")
             row["identical_images"] = len(self.psnr) - len(finite)
             row["ssim_mean"] = round(statistics.mean(self.ssim), 4)
+            row["detail_ratio_mean"] = round(statistics.mean(self.detail), 3)
             row["token_agreement_per_step"] = {s: round(statistics.mean(v), 4) for s, v in sorted(self.agreement.items())}
         return row
 
@@ -72,6 +74,7 @@ def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], schedules: 
             _record(r, out, depth)
             r.psnr += psnr(out.images, ref.images).tolist()
             r.ssim += ssim(out.images, ref.images).tolist()
+            r.detail += detail_ratio(out.images, ref.images).tolist()
             steps = [s["step"] for s in out.stats["steps"] if not s["skipped"]]
             for step, a, b in zip(steps, out.tokens, ref.tokens):
                 r.agreement.setdefault(step, []).append(token_agreement(a, b))
@@ -92,13 +95,15 @@ def _record(r: ScheduleResult, out, depth: int) -> None:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| schedule | tokens forwarded / image | loop ms (median) | speedup | PSNR dB (mean) | SSIM (mean) | token agreement at pruned/last steps |"
-    lines = [head, "|" + "---|" * 7]
+    head = ("| schedule | tokens forwarded / image | loop ms (median) | speedup | PSNR dB (mean) | SSIM (mean) | "
+            "detail kept (mean) | token agreement at pruned/last steps |")
+    lines = [head, "|" + "---|" * 8]
     for r in rows:
         agree = r.get("token_agreement_per_step", {})
         last = ", ".join(f"{s}: {v:.3f}" for s, v in list(agree.items())[-3:])
         lines.append(f"| {r['schedule']} | {r['tokens_forwarded']:.0f} | {r['loop_ms_median']:.1f} | "
-                     f"{r.get('speedup', 1.0):.2f}x | {r.get('psnr_db_mean', '-')} | {r.get('ssim_mean', '-')} | {last or '-'} |")
+                     f"{r.get('speedup', 1.0):.2f}x | {r.get('psnr_db_mean', '-')} | {r.get('ssim_mean', '-')} | "
+                     f"{r.get('detail_ratio_mean', '-')} | {last or '-'} |")
     return "\n".join(lines)
 
 
