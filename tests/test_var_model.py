@@ -206,3 +206,14 @@ def test_cli_save_masks_writes_pruned_token_maps(golden_args, tmp_path):
     assert Image.open(tmp_path / "masks" / files[0]).size == (224, 224)  # 112 px enlarged x2
     assert main(["generate", *golden_args, "--class", "1", "--save-masks", str(tmp_path / "m2"),
                  "--out", str(out)]) == 2  # nothing pruned: a clear error
+
+
+def test_kv_and_restoration_caches_are_freed_before_decoding(golden_var):
+    root = golden_var.root
+    pipe = load_pipeline("var", vae=root / "vae.pth", transformer=root / "var.pth", config=root / "config.json")
+    pipe.set_progress_bar_config(disable=True)
+    state = pipe.model.prepare(torch.tensor([1, 8]), cfg=4.0, top_k=1, top_p=0.0, more_smooth=False)
+    tokens, ctx = pipe.run(state, pipe.model.scales, pruning="var-fastvar", generator=None)
+    assert len(tokens) == 7 and ctx.kv == {} and ctx.pruning_state == {}  # freed: the VAE decodes next
+    assert sorted(ctx.kept_masks) == [5, 6] and ctx.kept_masks[6].shape == (2, 7, 7)  # the 2 images' maps stay
+    assert ctx.kept_masks[6].sum() == 2 * (49 - int(49 * 0.75))

@@ -35,20 +35,23 @@ class Pipeline:
         generator: torch.Generator | None,
         timed: bool = False,
     ) -> tuple[list[torch.Tensor], GenerationContext]:
-        """Run the shared next-scale loop over ``scales`` with the requested pruning."""
+        """Run the shared next-scale loop over ``scales`` with the requested pruning (``state.B`` images).
+
+        The KV and restoration caches are freed when the loop ends, before the backbone decodes: at 2048² they are
+        GBs, and the VAE decoder's own activations peak then."""
         schedule = resolve_pruning(pruning)
         pruner = schedule.pruner(len(scales), len(self.model.blocks)) if schedule is not None else None
         ctx = GenerationContext(scales, generator=generator, pruner=pruner, timed=timed)
         tokens = run_scales(self.model, state, ctx, progress=self.progress)
+        ctx.kept_masks = kept_masks(ctx, rows=state.B)
+        ctx.release()
         return tokens, ctx
 
     @staticmethod
     def output(images: torch.Tensor, tokens: list[torch.Tensor], ctx: GenerationContext, *, output_type: str,
                return_tokens: bool) -> GenerationOutput:
-        stats, masks = ctx.stats(), kept_masks(ctx, rows=images.shape[0])
-        ctx.release()
         return GenerationOutput(images=format_images(images, output_type), tokens=tokens if return_tokens else None,
-                                stats=stats, kept_masks=masks)
+                                stats=ctx.stats(), kept_masks=ctx.kept_masks)
 
 
 def resolve_generator(seed: int | None, generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:

@@ -126,6 +126,7 @@ class GenerationContext:
         self.kv: dict[int, KVCache] = {}
         self.pruning_state: dict = {}  # owned by the pruner (restoration caches, selections)
         self.steps: list[StepStats] = []
+        self.kept_masks: dict[int, torch.Tensor] = {}  # per pruned step, the kept-token maps (set after the loop)
         self._t0 = 0.0
 
     @property
@@ -171,7 +172,7 @@ class GenerationContext:
         }
 
     def release(self) -> None:
-        """Free KV and restoration caches (they can be GBs at 2K)."""
+        """Free the KV and restoration caches (they can be GBs at 2K); statistics and kept-token maps stay."""
         self.kv.clear()
         self.pruning_state.clear()
 
