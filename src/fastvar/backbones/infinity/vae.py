@@ -105,8 +105,10 @@ VAE_PRESETS: dict[str, InfinityVAEConfig] = {
 
 
 def swish(x: Tensor) -> Tensor:
-    """Official ``swish`` (x * sigmoid(x), not F.silu, to keep the rounding)."""
-    return x * torch.sigmoid(x)
+    """Official ``swish`` (x * sigmoid(x), not F.silu, to keep the rounding); without autograd the product is
+    written into the sigmoid's buffer (the same floats, one full-resolution tensor less at 2048²)."""
+    s = torch.sigmoid(x)
+    return x * s if s.requires_grad else s.mul_(x)
 
 
 class Conv(nn.Module):
@@ -146,7 +148,7 @@ class ResnetBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv1(swish(self.norm1(x)))
         h = self.conv2(swish(self.norm2(h)))
-        return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
+        return h.add_(x if self.nin_shortcut is None else self.nin_shortcut(x))  # in place: the same sums
 
 
 class Downsample(nn.Module):
