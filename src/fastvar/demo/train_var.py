@@ -1,6 +1,6 @@
 """Train a small class-conditional VAR (multi-scale VQ-VAE, then transformer) on Noto emoji.
 
-    fastvar train-demo --backbone var --out runs/var-emoji --vae-steps 800 --steps 800 --export runs/var-emoji/model
+    fastvar train-demo --backbone var --out runs/var-emoji --vae-steps 1500 --steps 900 --export runs/var-emoji/model
 
 It is the model the VAR pruning preset is measured on (no official VAR weights exist here): the project's VAR
 architecture unchanged, images 64x64 from VAR's own 256px scale schedule (1, 2, 3, 4, 5, 6, 8, 10, 13, 16; the VQ-VAE
