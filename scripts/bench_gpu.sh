@@ -8,7 +8,11 @@ out=${1:?usage: scripts/bench_gpu.sh OUTDIR}
 mkdir -p "$out"
 export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 peak=${PEAK_TFLOPS:-790}  # dense bf16 measured on the lent H200 (8192^3 matmul); an H100 SXM spec says 989
-bench() { python3 -m fastvar.cli bench --random-weights --dtype bf16 --device cuda --peak-tflops "$peak" "$@"; }
+failed=0
+bench() {  # one group; a failure is reported and the next group still runs
+    python3 -m fastvar.cli bench --random-weights --dtype bf16 --device cuda --peak-tflops "$peak" "$@" \
+        || { failed=1; echo "FAILED: fastvar bench $*" | tee -a "$out/gpu.txt" >&2; }
+}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)" >> "$out/gpu.txt"
@@ -27,3 +31,4 @@ bench --model infinity-2b --resolutions 2048 --pruning "none|infinity-2048" --wa
 # HART-0.7B 1024² and VAR-d30 256²
 bench --model hart-0.7b --pruning "none|hart-paper" --warmup 2 --repeats 5 --out "$out/hart.json"
 bench --model var-d30 --pruning "none|var-fastvar|0.5,0.75" --warmup 2 --repeats 5 --out "$out/var.json"
+exit $failed

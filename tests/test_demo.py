@@ -55,6 +55,15 @@ def test_cli_eval_on_demo(tmp_path, capsys):
     assert Image.open(grid).width == 3 * 128  # 64x64 tiles enlarged x2
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA (CI)")
+def test_cuda_device_without_cuda_is_a_clear_error():
+    with pytest.raises(FastVARError, match="sees no CUDA GPU"):
+        load_pipeline("demo", device="cuda")
+    with pytest.raises(FastVARError, match="bad device"):
+        load_pipeline("demo", device="gpu0")
+    assert main(["generate", "a red apple", "--device", "cuda", "--quiet"]) == 2
+
+
 def test_demo_rejects_paths():
     with pytest.raises(FastVARError, match="takes no"):
         load_pipeline("demo", vae="vae.pth")

@@ -65,10 +65,22 @@ def resolve_generator(seed: int | None, generator: torch.Generator | None, devic
     return make_generator(seed, device)
 
 
+def check_device(device: str | torch.device) -> None:
+    """A clear error for a CUDA device this torch cannot use (instead of an assertion deep inside a constructor)."""
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise FastVARError(f"bad device {device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FastVARError(f"device {str(device)!r} requested, but this torch {torch.__version__} sees no CUDA GPU "
+                           "(use --device cpu, or a CUDA build of torch on a machine with a GPU)")
+
+
 def load_pipeline(backbone: str, **kwargs) -> Pipeline:
     """Load a pipeline: ``load_pipeline("var", vae=..., transformer=..., config="var-d16", device=..., dtype=...)``.
 
     ``load_pipeline("demo")`` loads the built-in demo model (weights inside the package, no paths)."""
+    check_device(kwargs.get("device", "cpu"))
     if backbone == "var":
         from .backbones.var.pipeline import VARPipeline
 
