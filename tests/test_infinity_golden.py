@@ -275,6 +275,20 @@ def test_zero_shot_1344_non_square_with_its_preset(pipe, golden):
     assert torch.equal(out.tokens[0], plain.tokens[0])
 
 
+def test_bf16_pipeline_decodes_under_bf16_autocast(pipe, golden):
+    """With bfloat16 blocks the VAE decode runs as the official ``gen_one_img`` runs it, inside bfloat16 autocast
+    (convolutions in bfloat16): float32 images close to, but not equal to, the float32 decode."""
+    root = golden.root
+    pipe16 = load_pipeline("infinity", vae=root / "vae.pth", transformer=root / "infinity.pth",
+                           config=root / "config.json", dtype=torch.bfloat16)
+    z = torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    full = pipe.decode(z)
+    assert torch.equal(full, pipe.vae.decode(z))  # float32 pipelines decode exactly as before
+    half = pipe16.decode(z)
+    assert half.dtype == torch.float32 and not torch.equal(half, full)
+    assert (half - full).abs().max() < 0.1
+
+
 def test_explicit_schedule_and_negative_prompt(pipe, golden):
     text = text_of(golden, "text")
     explicit, _ = generate(pipe, text, scale_schedule=[(1, h, w) for h, w in SHORT])
