@@ -53,6 +53,22 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
     return peak * (1 - 0.9 * (step - decay_from) / max(1, total - decay_from))
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The seed of one training step's draws: a resumed run sees the batches a straight run would."""
+    return seed * 1_000_003 + step
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def flipped_batch(images: torch.Tensor, batch: int, g: torch.Generator) -> torch.Tensor:
+    """``batch`` images drawn with ``g``, each mirrored horizontally with probability 1/2."""
+    img = images[torch.randint(len(images), (batch,), generator=g)]
+    return torch.where(torch.rand(batch, 1, 1, 1, generator=g) < 0.5, img, img.flip(-1))
+
+
 class Log:
     def __init__(self, path: Path):
         self.path, self.t0 = path, time.time()
@@ -92,12 +108,8 @@ def train_vae(data: EmojiSet, out: Path, steps: int, batch: int, lr: float, seed
         torch.set_rng_state(state["rng"])
         start = state["step"]
     for step in range(start, steps):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)  # per-step draws: a resume sees the same batches
-        idx = torch.randint(len(data.images), (batch,), generator=g)
-        img = data.images[idx]
-        img = torch.where(torch.rand(batch, 1, 1, 1, generator=g) < 0.5, img, img.flip(-1))  # horizontal flips
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr)
+        img = flipped_batch(data.images, batch, torch.Generator().manual_seed(step_seed(seed, step)))
+        set_lr(opt, lr_at(step, steps, lr))
         loss, parts = vae_loss(vae, img)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,9 +184,8 @@ def train_transformer(data: EmojiSet, vae: InfinityVAE, out: Path, steps: int, b
         start = state["step"]
     d, w_scale = vae.cfg.token_dim, scale_weights()
     for step in range(start, steps):
-        idx, drop, prompts = _transformer_batch(len(data.images), batch, seed * 1_000_003 + step, data, cond_drop)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr)
+        idx, drop, prompts = _transformer_batch(len(data.images), batch, step_seed(seed, step), data, cond_drop)
+        set_lr(opt, lr_at(step, steps, lr))
         text = drop_conditions(text_enc(prompts), model.cfg_uncond, drop)
         logits = model.teacher_forced_logits(text, x_all[idx], SCALES, ROPE_GRID)  # (B, L, 2d)
         ce = F.cross_entropy(logits.reshape(-1, 2), y_all[idx].reshape(-1).long(), reduction="none")  # bit labels

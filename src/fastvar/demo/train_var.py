@@ -24,7 +24,8 @@ from ..backbones.var.config import PATCH_NUMS, VARConfig, VARModelSpec
 from ..backbones.var.model import VAR
 from ..backbones.var.vqvae import VQVAE, VQVAEConfig
 from .data import PACKAGE, VERSION, EmojiSet
-from .train import CATEGORIES, VAE_CATEGORIES, Log, _save, init_transformer, lr_at
+from .train import (CATEGORIES, VAE_CATEGORIES, Log, _save, flipped_batch, init_transformer, lr_at, set_lr,
+                    step_seed)
 
 PATCHES = PATCH_NUMS[256]  # 680 tokens, final map 16x16
 VAE_CFG = VQVAEConfig(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, v_patch_nums=PATCHES)
@@ -74,15 +75,12 @@ def train_vae(data: EmojiSet, out: Path, steps: int, batch: int, lr: float, seed
         used, start = state["used"], state["step"]
     codebook = vae.quantize.embedding.weight
     for step in range(start, steps):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)  # per-step draws: a resume sees the same batches
-        idx = torch.randint(len(data.images), (batch,), generator=g)
-        img = data.images[idx]
-        img = torch.where(torch.rand(batch, 1, 1, 1, generator=g) < 0.5, img, img.flip(-1))
+        g = torch.Generator().manual_seed(step_seed(seed, step))
+        img = flipped_batch(data.images, batch, g)
         if step == 0:  # codes start as encoder outputs, so every code is near the data
             with torch.no_grad():
                 restart_codes(codebook.data, torch.ones_like(used), vae.img_to_f(img), g)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr)
+        set_lr(opt, lr_at(step, steps, lr))
         loss, parts, codes, f = vqvae_loss(vae, img)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -141,11 +139,10 @@ def train_transformer(data: EmojiSet, vae: VQVAE, out: Path, steps: int, batch: 
         start = state["step"]
     weights = token_weights()
     for step in range(start, steps):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(step_seed(seed, step))
         idx = torch.randint(len(x_all), (batch,), generator=g)
         labels = torch.where(torch.rand(batch, generator=g) < cond_drop, model.cfg.num_classes, labels_all[idx])
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr)
+        set_lr(opt, lr_at(step, steps, lr))
         logits = model(labels, x_all[idx])  # (B, L, V)
         ce = F.cross_entropy(logits.transpose(1, 2), y_all[idx], reduction="none").mean(0)  # (L,)
         loss = (ce * weights).sum()
