@@ -22,15 +22,18 @@ def test_work_count_by_hand():
             self.blocks = torch.nn.ModuleList([Block()])
 
     assert token_linear_params(Model().blocks[0]) == 48
-    stats = {"steps": [{"step": 0, "tokens": 1, "skipped": False},
-                       {"step": 1, "tokens": 4, "skipped": False, "kept_per_layer": {"0": 2}},
-                       {"step": 2, "tokens": 16, "skipped": True}]}
+    stats = {"steps": [{"step": 0, "tokens": 1, "skipped": False, "rows": 2},
+                       {"step": 1, "tokens": 4, "skipped": False, "rows": 2, "kept_per_layer": {"0": 2}},
+                       {"step": 2, "tokens": 16, "skipped": True, "rows": 0}]}
     # step 0: 1 query, 1 key; step 1: 2 queries, 3 keys; 2 rows (CFG)
     expected = 2 * ((2 * 48 * 1 + 4 * 4 * 1 * 1) + (2 * 48 * 2 + 4 * 4 * 2 * 3))
-    assert transformer_flops(Model(), stats, rows=2) == expected
+    assert transformer_flops(Model(), stats) == expected
     # a 3-token prefix at step 0 (HART's context): 4 queries and keys there, then 2 queries over 6 keys
     with_prefix = 2 * ((2 * 48 * 4 + 4 * 4 * 4 * 4) + (2 * 48 * 2 + 4 * 4 * 2 * 6))
-    assert transformer_flops(Model(), stats, rows=2, prefix_tokens=3) == with_prefix
+    assert transformer_flops(Model(), stats, prefix_tokens=3) == with_prefix
+    # step 2 computed without guidance: 1 row, 16 queries over 3 + 16 keys
+    stats["steps"][2] = {"step": 2, "tokens": 16, "skipped": False, "rows": 1}
+    assert transformer_flops(Model(), stats) == expected + 1 * (2 * 48 * 16 + 4 * 4 * 16 * 19)
 
 
 def test_bench_cli_smoke(golden_var, tmp_path, capsys):

@@ -61,7 +61,7 @@ def run_branch_steps(schedule, scales, inputs, fn, depth=1):
             continue
         ctx.begin_step(si)
         outs.append([ctx.branch(layer, "ffn", fn, x) for layer in range(depth)])
-        ctx.end_step()
+        ctx.end_step(rows=x.shape[0])
     return outs, ctx
 
 

@@ -118,7 +118,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if not prompts:
             raise FastVARError(f"{backbone} needs a prompt: fastvar generate --model {args.model} ... \"a red apple\"")
         kwargs["prompts"] = prompts
-    out = pipe(seed=args.seed, pruning=args.pruning, timed=True, **kwargs)
+    out = pipe(seed=args.seed, pruning=args.pruning, cfg_off_last=args.cfg_off_last, timed=True, **kwargs)
     paths = _output_paths(Path(args.out), len(out.images))
     for image, path in zip(out.images, paths):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +159,24 @@ def _seeds(text: str) -> list[int]:
         raise FastVARError(f"bad --seeds {text!r}: use a range like 0-63 or a list like 0,1,2") from None
 
 
+def _schedule_names(text: str) -> list[str]:
+    return [n.strip() for n in text.split("|") if n.strip()]
+
+
+def _cfg_off_values(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise FastVARError(f"bad --cfg-off-last {text!r}: use a step count like 2 or a list like 0,1,2") from None
+    if any(v < 0 for v in values):
+        raise FastVARError(f"--cfg-off-last counts scale steps: {text!r} has a negative value")
+    return values
+
+
+def _variant_label(pruning: str, cfg_off_last: int) -> str:
+    return pruning if cfg_off_last == 0 else f"{pruning} + cfg-off-last {cfg_off_last}"
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from .eval.runner import evaluate, image_grid, markdown_table
     from .pruning import resolve_pruning
@@ -168,11 +186,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     conds = conditions(backbone, args)
     if not conds:
         raise FastVARError("fastvar eval needs at least one --class (or prompt)")
-    names = [n.strip() for n in args.schedules.split("|") if n.strip()]
-    schedules = {n: resolve_pruning(n) for n in names}
+    variants = {_variant_label(name, off): {"pruning": resolve_pruning(name), "cfg_off_last": off}
+                for name in _schedule_names(args.schedules) for off in _cfg_off_values(args.cfg_off_last)}
     seeds = _seeds(args.seeds)
     report = lambda i, n: print(f"\r{i}/{n} runs", end="", file=sys.stderr, flush=True)  # noqa: E731
-    rows, grid = evaluate(pipe, conds, seeds, schedules, progress=None if args.quiet else report,
+    rows, grid = evaluate(pipe, conds, seeds, variants, progress=None if args.quiet else report,
                           grid_images=args.grid_rows if args.grid else 0, **sampling_kwargs(backbone, args))
     print(file=sys.stderr)
     table = markdown_table(rows)
@@ -183,7 +201,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         Path(args.markdown).write_text(table + "\n")
     if args.grid:
         captions = [f"{_caption(c)}, seed {s}" for c in conds for s in seeds][: len(grid)]
-        image_grid(grid, ["baseline", *names], captions).save(args.grid)
+        image_grid(grid, ["baseline", *variants], captions).save(args.grid)
 
 
 def _caption(cond: dict) -> str:
@@ -199,14 +217,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
     backbone, pipe = load_from_args(args)
     pipe.set_progress_bar_config(disable=True)
     resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else [None]
-    prunings = [p.strip() for p in args.pruning.split("|")]
     configs = []
     for resolution in resolutions:
-        for pruning in prunings:
-            cfg = pipe.bench_config(args.batch, resolution)
-            cfg["kwargs"].update(pruning=None if pruning == "none" else pruning, **sampling_kwargs(backbone, args))
-            cfg.update(label=f"{cfg['resolution']}px b{args.batch} {pruning}", group=cfg["resolution"], pruning=pruning)
-            configs.append(cfg)
+        for pruning in _schedule_names(args.pruning):
+            for off in _cfg_off_values(args.cfg_off_last):
+                cfg = pipe.bench_config(args.batch, resolution)
+                cfg["kwargs"].update(pruning=None if pruning == "none" else pruning, cfg_off_last=off,
+                                     **sampling_kwargs(backbone, args))
+                cfg.update(label=f"{cfg['resolution']}px b{args.batch} {_variant_label(pruning, off)}",
+                           group=cfg["resolution"], pruning=pruning, cfg_off_last=off)
+                configs.append(cfg)
     results = run_bench(pipe, configs, warmup=args.warmup, repeats=args.repeats, peak_tflops=args.peak_tflops)
     device = torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"{args.model} on {device}, dtype {args.dtype}, warm runs: {args.warmup} warm-up + {args.repeats} timed")
@@ -264,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-images", type=int, help="images to draw when no class label is given")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--pruning", help="FastVAR preset (infinity-paper, hart-paper) or schedule like '0.4,0.5,1,1;layers=3:28'")
+    g.add_argument("--cfg-off-last", type=int, default=0, metavar="N",
+                   help="run the last N scale steps without classifier-free guidance (half their work)")
     g.add_argument("--out", default="out.png", help="output PNG (several images: out_0.png, out_1.png, ...)")
     g.add_argument("--stats", help="write per-step statistics as JSON here")
     g.add_argument("--save-masks", metavar="DIR", help="write each pruned step's image with pruned slots dimmed")
@@ -274,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", default="0-3", help="seed range 0-63 or list 0,1,2")
     e.add_argument("--schedules", required=True,
                    help="'|'-separated presets or schedule strings, e.g. 'infinity-paper|0.5,1|0.4,0.5;granularity=block'")
+    e.add_argument("--cfg-off-last", default="0", metavar="N[,N...]",
+                   help="also turn guidance off at the last N scale steps (each value crossed with each schedule; "
+                        "the baseline stays guided), e.g. 0,2")
     e.add_argument("--json", help="write the table as JSON here")
     e.add_argument("--markdown", help="write the table as markdown here")
     e.add_argument("--grid", help="write a side-by-side image grid (baseline, then each schedule) here")
@@ -284,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(b)
     b.add_argument("--resolutions", help="comma list of image sizes (default: the model's own)")
     b.add_argument("--pruning", default="none", help="'|'-separated schedules, e.g. 'none|infinity-paper'")
+    b.add_argument("--cfg-off-last", default="0", metavar="N[,N...]",
+                   help="guidance off at the last N scale steps, crossed with each schedule, e.g. 0,2")
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--repeats", type=int, default=5)

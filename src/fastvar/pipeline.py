@@ -33,15 +33,19 @@ class Pipeline:
         *,
         pruning: None | str | PruningSchedule,
         generator: torch.Generator | None,
+        cfg_off_last: int = 0,
         timed: bool = False,
     ) -> tuple[list[torch.Tensor], GenerationContext]:
         """Run the shared next-scale loop over ``scales`` with the requested pruning (``state.B`` images).
 
+        ``cfg_off_last=N``: the last N scale steps sample from the conditional logits alone and forward only the
+        conditional rows (half their work). The unconditional rows never influence the conditional ones, so this is
+        exactly guidance weight "off" at those steps (Infinity's ``cfg_list`` with 1 there), minus the wasted half.
         The KV and restoration caches are freed when the loop ends, before the backbone decodes: at 2048² they are
         GBs, and the VAE decoder's own activations peak then."""
         schedule = resolve_pruning(pruning)
         pruner = schedule.pruner(len(scales), len(self.model.blocks)) if schedule is not None else None
-        ctx = GenerationContext(scales, generator=generator, pruner=pruner, timed=timed)
+        ctx = GenerationContext(scales, generator=generator, pruner=pruner, cfg_off_last=cfg_off_last, timed=timed)
         tokens = run_scales(self.model, state, ctx, progress=self.progress)
         ctx.kept_masks = kept_masks(ctx, rows=state.B)
         ctx.release()

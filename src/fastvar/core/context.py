@@ -1,4 +1,4 @@
-"""Per-generation state: scale schedule, RNG, KV caches, the pruning hook and statistics.
+"""Per-generation state: scale schedule, guided steps, RNG, KV caches, the pruning hook and statistics.
 
 One ``GenerationContext`` is made for every call and never stored on a module, so batches, aspect ratios and
 concurrent pipelines never share state. Every residual branch of every block goes through ``ctx.branch``; with no
@@ -13,6 +13,7 @@ from typing import Protocol
 
 import torch
 
+from ..errors import FastVARError
 
 class Pruner(Protocol):
     """What the loop and blocks ask of a token-pruning method (see ``fastvar.pruning``)."""
@@ -44,7 +45,8 @@ class KVCache:
     Shapes are (B, H, capacity, D). The capacity is what the layer will store (pruned steps add only their kept
     tokens, skipped steps nothing, and the final computed step nothing: no later step reads its keys), so no memory is
     reserved for tokens that never come; writing past it grows the buffer (a safety net, never needed when the
-    capacity is right).
+    capacity is right). A step may forward fewer rows than the cache holds (the unguided last steps forward only the
+    conditional rows, which come first): it writes and reads those first rows only.
     """
 
     def __init__(self, capacity: int):
@@ -58,10 +60,12 @@ class KVCache:
         ``store=False`` (the final step) returns the cached keys/values joined with these in a temporary instead: one
         layer's temporary at a time replaces every layer holding the final step's keys (at 2048² Infinity-2B without
         pruning the final 128x128 step is 40 % of the KV cache)."""
+        rows = k.shape[0]
         if not store:
             if self.length == 0:
                 return k, v
-            return torch.cat((self.k[:, :, :self.length], k), 2), torch.cat((self.v[:, :, :self.length], v), 2)
+            return (torch.cat((self.k[:rows, :, :self.length], k), 2),
+                    torch.cat((self.v[:rows, :, :self.length], v), 2))
         if self.k is None:
             B, H, _, D = k.shape
             self.k = k.new_empty(B, H, self.capacity, D)
@@ -70,19 +74,21 @@ class KVCache:
         if end > self.k.shape[2]:
             self.k, self.v = (torch.cat((t, t.new_empty(*t.shape[:2], end - t.shape[2], t.shape[3])), 2)
                               for t in (self.k, self.v))
-        self.k[:, :, self.length:end] = k
-        self.v[:, :, self.length:end] = v
+        self.k[:rows, :, self.length:end] = k
+        self.v[:rows, :, self.length:end] = v
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.k[:rows, :, :end], self.v[:rows, :, :end]
 
 
 @dataclass
 class StepStats:
-    """What one scale step did: its map size, tokens forwarded per layer (when pruned), time."""
+    """What one scale step did: its map size, batch rows forwarded (with CFG 2B, B when unguided), tokens forwarded
+    per layer (when pruned), time."""
 
     step: int
     hw: tuple[int, int]
     skipped: bool = False
+    rows: int = 0
     kept: dict[int, int] = field(default_factory=dict)  # layer -> tokens forwarded (pruned layers only)
     ms: float | None = None
 
@@ -94,7 +100,7 @@ class StepStats:
         return self.hw[0] * self.hw[1]
 
     def as_dict(self) -> dict:
-        d = {"step": self.step, "hw": list(self.hw), "skipped": self.skipped, "tokens": self.tokens}
+        d = {"step": self.step, "hw": list(self.hw), "skipped": self.skipped, "tokens": self.tokens, "rows": self.rows}
         if self.kept:
             d["kept_per_layer"] = {str(k): v for k, v in sorted(self.kept.items())}
         if self.ms is not None:
@@ -111,9 +117,14 @@ class GenerationContext:
         *,
         generator: torch.Generator | None = None,
         pruner: Pruner | None = None,
+        cfg_off_last: int = 0,
         timed: bool = False,
     ):
         self.scales = [tuple(s) for s in scales]
+        if not (isinstance(cfg_off_last, int) and 0 <= cfg_off_last <= len(self.scales)):
+            raise FastVARError(f"cfg_off_last must be an integer from 0 to the {len(self.scales)} scale steps, "
+                               f"got {cfg_off_last!r}")
+        self.unguided_from = len(self.scales) - cfg_off_last  # the last cfg_off_last steps run without guidance
         self.generator = generator
         self.pruner: Pruner = pruner or NoPruning()
         self.kv_extra = 0  # K/V rows beyond the scale maps (HART's context tokens at step 0); set before any cache
@@ -138,6 +149,10 @@ class GenerationContext:
         """Index of the current scale's first token in the full (unpruned) sequence."""
         return sum(h * w for h, w in self.scales[: self.si])
 
+    def guided(self, si: int) -> bool:
+        """Whether step ``si`` uses classifier-free guidance (forwards the unconditional rows too)."""
+        return si < self.unguided_from
+
     def kv_cache(self, layer: int) -> KVCache:
         if layer not in self.kv:
             final = self.final_step
@@ -156,7 +171,8 @@ class GenerationContext:
             _sync()
             self._t0 = time.perf_counter()
 
-    def end_step(self) -> None:
+    def end_step(self, rows: int) -> None:
+        self.steps[-1].rows = rows
         if self.timed:
             _sync()
             self.steps[-1].ms = (time.perf_counter() - self._t0) * 1e3

@@ -4,7 +4,7 @@ A backbone prepares a ``state`` (condition, CFG-doubled batch, accumulated laten
 it for the step's input tokens, runs its blocks over them (each block reads ``ctx`` for the KV cache and pruning),
 and lets it sample tokens and fold them into the state. The loop knows no backbone and no pruning rule: it only asks
 the context's pruner whether a step is skipped. Trailing skipped steps simply end the loop; the backbone then decodes
-what was accumulated.
+what was accumulated. At the unguided last steps (``ctx.guided``) the backbone first drops its unconditional rows.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ class NextScaleModel(Protocol):
 
     def update(self, state: Any, tokens: torch.Tensor, ctx: GenerationContext) -> None: ...  # accumulate
 
+    def drop_guidance(self, state: Any) -> None: ...  # keep only the conditional rows (idempotent)
+
 
 @torch.inference_mode()
 def run_scales(model: NextScaleModel, state: Any, ctx: GenerationContext, *, progress: bool = False) -> list[torch.Tensor]:
@@ -36,11 +38,13 @@ def run_scales(model: NextScaleModel, state: Any, ctx: GenerationContext, *, pro
             ctx.skip_step(si)
             continue
         ctx.begin_step(si)
+        if not ctx.guided(si):
+            model.drop_guidance(state)
         x = model.scale_input(state, ctx)
         for block in model.blocks:
             x = block(x, state, ctx)
         step_tokens = model.sample(x, state, ctx)
         model.update(state, step_tokens, ctx)
         tokens.append(step_tokens)
-        ctx.end_step()
+        ctx.end_step(rows=x.shape[0])
     return tokens

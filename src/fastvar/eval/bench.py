@@ -28,10 +28,10 @@ def token_linear_params(block: nn.Module) -> int:
                if isinstance(m, nn.Linear) and not any(e in name for e in EXCLUDED_LINEARS))
 
 
-def transformer_flops(model: nn.Module, stats: dict, rows: int, text_tokens: int = 0, prefix_tokens: int = 0) -> float:
+def transformer_flops(model: nn.Module, stats: dict, text_tokens: int = 0, prefix_tokens: int = 0) -> float:
     """FLOPs of the block stack for one call: 2 x linear weights per token, 4 x C per (query, key) pair in
-    self-attention (QK^T and AV) and per (query, text token) in cross-attention. ``rows`` = batch incl. CFG;
-    ``prefix_tokens`` = extra tokens the first step forwards (HART's context beyond the 1x1 map)."""
+    self-attention (QK^T and AV) and per (query, text token) in cross-attention, times the rows each step forwarded
+    (batch incl. CFG); ``prefix_tokens`` = extra tokens the first step forwards (HART's context beyond the 1x1 map)."""
     blocks = list(model.blocks)
     width = blocks[0].C if hasattr(blocks[0], "C") else model.cfg.embed_dim
     linear = [token_linear_params(b) for b in blocks]
@@ -44,7 +44,7 @@ def transformer_flops(model: nn.Module, stats: dict, rows: int, text_tokens: int
         for i in range(len(blocks)):
             q = kept.get(str(i), step["tokens"]) + (prefix_tokens if step["step"] == 0 else 0)
             keys[i] += q
-            flops += rows * (2 * linear[i] * q + 4 * width * q * keys[i] + 4 * width * q * text_tokens)
+            flops += step["rows"] * (2 * linear[i] * q + 4 * width * q * keys[i] + 4 * width * q * text_tokens)
     return flops
 
 
@@ -84,15 +84,15 @@ def bench_one(call: Callable[[], object], device: torch.device, warmup: int, rep
 
 
 def run_bench(pipe, configs: list[dict], *, warmup: int, repeats: int, peak_tflops: float | None = None) -> list[dict]:
-    """``configs``: dicts with ``label``, ``kwargs`` (the pipeline call), ``rows`` (batch incl. CFG) and optional
-    ``text_tokens`` / ``prefix_tokens`` for the work count. Speedups are against the first config of each group."""
+    """``configs``: dicts with ``label``, ``kwargs`` (the pipeline call) and optional ``text_tokens`` /
+    ``prefix_tokens`` for the work count. Speedups are against the first config of each group."""
     results = []
     for i, cfg in enumerate(configs):
         print(f"[{i + 1}/{len(configs)}] {cfg['label']}", file=sys.stderr, flush=True)
         r = bench_one(lambda: pipe(**cfg["kwargs"], timed=True, output_type="pt"), pipe.device, warmup, repeats)
-        flops = transformer_flops(pipe.model, r["stats"], cfg["rows"], cfg.get("text_tokens", 0),
-                                  cfg.get("prefix_tokens", 0))
+        flops = transformer_flops(pipe.model, r["stats"], cfg.get("text_tokens", 0), cfg.get("prefix_tokens", 0))
         r.update(label=cfg["label"], group=cfg.get("group", ""), pruning=cfg.get("pruning") or "none",
+                 cfg_off_last=cfg["kwargs"].get("cfg_off_last", 0),
                  tokens_forwarded=tokens_forwarded(r["stats"], len(pipe.model.blocks)),
                  transformer_tflop=flops / 1e12,
                  achieved_tflops=flops / 1e12 / (r["loop_ms_median"] / 1e3))

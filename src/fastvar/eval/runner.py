@@ -1,4 +1,5 @@
-"""``fastvar eval``: generate with and without each pruning schedule and report speed and fidelity."""
+"""``fastvar eval``: generate with and without each acceleration (pruning schedule, guidance off at the last steps)
+and report speed and fidelity."""
 from __future__ import annotations
 
 import statistics
@@ -11,14 +12,15 @@ from ..outputs import format_images
 from .fidelity import detail_ratio, psnr, ssim, token_agreement
 
 
-def tokens_forwarded(stats: dict, depth: int) -> float:
-    """Tokens each block forwards per image, averaged over blocks and summed over the computed steps."""
+def tokens_forwarded(stats: dict, depth: int, per_row: bool = False) -> float:
+    """Tokens each block forwards per image, averaged over blocks and summed over the computed steps; ``per_row``:
+    times the batch rows each step forwarded (CFG doubles them, the unguided steps do not)."""
     total = 0.0
     for step in stats["steps"]:
         if step["skipped"]:
             continue
         kept = step.get("kept_per_layer", {})
-        total += (sum(kept.values()) + (depth - len(kept)) * step["tokens"]) / depth
+        total += (sum(kept.values()) + (depth - len(kept)) * step["tokens"]) / depth * (step["rows"] if per_row else 1)
     return total
 
 
@@ -27,6 +29,7 @@ class ScheduleResult:
     name: str
     loop_ms: list[float] = field(default_factory=list)
     tokens: list[float] = field(default_factory=list)
+    row_tokens: list[float] = field(default_factory=list)  # tokens x rows: what the transformer forwarded
     psnr: list[float] = field(default_factory=list)
     ssim: list[float] = field(default_factory=list)
     detail: list[float] = field(default_factory=list)
@@ -45,6 +48,7 @@ class ScheduleResult:
         if baseline is not None:
             row["speedup"] = round(statistics.median(baseline.loop_ms) / statistics.median(self.loop_ms), 3)
             row["tokens_ratio"] = round(statistics.mean(baseline.tokens) / statistics.mean(self.tokens), 3)
+            row["work_ratio"] = round(statistics.mean(baseline.row_tokens) / statistics.mean(self.row_tokens), 3)
             row["psnr_db_mean"] = round(statistics.mean(finite), 2) if finite else float("inf")
             row["identical_images"] = len(self.psnr) - len(finite)
             row["ssim_mean"] = round(statistics.mean(self.ssim), 4)
@@ -53,23 +57,25 @@ class ScheduleResult:
         return row
 
 
-def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], schedules: dict, *, progress=None,
+def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: dict[str, dict], *, progress=None,
              grid_images: int = 0, **call_kwargs) -> tuple[list[dict], list[list[Image.Image]]]:
-    """Run every (condition, seed) unpruned and under each schedule; returns summary rows and image rows for a grid.
+    """Run every (condition, seed) unaccelerated and under each variant; returns summary rows and image rows for a
+    grid.
 
-    ``conditions`` are keyword dicts for one image each (``{"class_labels": [207]}`` or ``{"prompts": ["a cat"]}``).
+    ``conditions`` are keyword dicts for one image each (``{"class_labels": [207]}`` or ``{"prompts": ["a cat"]}``);
+    ``variants`` map a name to the call arguments that accelerate (``{"pruning": ..., "cfg_off_last": ...}``).
     """
     depth = len(pipe.model.blocks)
     base = ScheduleResult("none (baseline)")
-    results = {name: ScheduleResult(name) for name in schedules}
+    results = {name: ScheduleResult(name) for name in variants}
     grid: list[list[Image.Image]] = []
     runs = [(c, s) for c in conditions for s in seeds]
     for i, (cond, seed) in enumerate(runs):
         ref = pipe(**cond, seed=seed, pruning=None, output_type="pt", return_tokens=True, timed=True, **call_kwargs)
         _record(base, ref, depth)
         row = format_images(ref.images, "pil")[:1] if i < grid_images else None
-        for name, spec in schedules.items():
-            out = pipe(**cond, seed=seed, pruning=spec, output_type="pt", return_tokens=True, timed=True, **call_kwargs)
+        for name, variant in variants.items():
+            out = pipe(**cond, seed=seed, **variant, output_type="pt", return_tokens=True, timed=True, **call_kwargs)
             r = results[name]
             _record(r, out, depth)
             r.psnr += psnr(out.images, ref.images).tolist()
@@ -91,17 +97,19 @@ def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], schedules: 
 def _record(r: ScheduleResult, out, depth: int) -> None:
     r.loop_ms.append(sum(s.get("ms", 0.0) for s in out.stats["steps"]))
     r.tokens.append(tokens_forwarded(out.stats, depth))
+    r.row_tokens.append(tokens_forwarded(out.stats, depth, per_row=True))
     r.skipped = out.stats["skipped_steps"]
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| schedule | tokens forwarded / image | loop ms (median) | speedup | PSNR dB (mean) | SSIM (mean) | "
-            "detail kept (mean) | token agreement at pruned/last steps |")
-    lines = [head, "|" + "---|" * 8]
+    head = ("| schedule | tokens forwarded / image | work (tokens x rows) saved | loop ms (median) | speedup | "
+            "PSNR dB (mean) | SSIM (mean) | detail kept (mean) | token agreement at pruned/last steps |")
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         agree = r.get("token_agreement_per_step", {})
         last = ", ".join(f"{s}: {v:.3f}" for s, v in list(agree.items())[-3:])
-        lines.append(f"| {r['schedule']} | {r['tokens_forwarded']:.0f} | {r['loop_ms_median']:.1f} | "
+        lines.append(f"| {r['schedule']} | {r['tokens_forwarded']:.0f} | {r.get('work_ratio', 1.0):.2f}x | "
+                     f"{r['loop_ms_median']:.1f} | "
                      f"{r.get('speedup', 1.0):.2f}x | {r.get('psnr_db_mean', '-')} | {r.get('ssim_mean', '-')} | "
                      f"{r.get('detail_ratio_mean', '-')} | {last or '-'} |")
     return "\n".join(lines)

@@ -218,7 +218,8 @@ class FastVARPruner:
             ctx.keep_idx = None
         cached, cached_hw = ctx.pruning_state[(layer, name)]
         ctx.steps[-1].kept[layer] = idx.shape[1]
-        return restore_tokens(computed, idx, cached, cached_hw, ctx.hw)
+        # an unguided step forwards only the first (conditional) rows of a guided cache step
+        return restore_tokens(computed, idx, cached[: x.shape[0]], cached_hw, ctx.hw)
 
     def _selection(self, ctx: GenerationContext, layer: int, x: torch.Tensor) -> torch.Tensor:
         k = self.num_keep(x.shape[1], self.ratio[ctx.si])

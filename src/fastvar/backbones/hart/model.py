@@ -179,6 +179,11 @@ class HARTState:
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin (2B, l, hd) of the current step's tokens
     step_embedding: torch.Tensor | None = None  # (B, l, Cvae) latent tokens of the last sampled step
 
+    @property
+    def rows(self) -> int:
+        """Transformer rows: 2B while guided, B after ``drop_guidance``."""
+        return self.cond_BD.shape[0]
+
 
 class HARTForT2I(nn.Module):
     def __init__(self, cfg: HARTConfig, tokenizer: HARTTokenizer):
@@ -253,15 +258,19 @@ class HARTForT2I(nn.Module):
         state.rope = rope_2d(image_positions(state.patch_nums, si, state.context_position_ids[:, -1]), hd)
         tokens = F.interpolate(state.f_hat, size=(pn, pn), mode="area").view(state.B, self.Cvae, -1).transpose(1, 2)
         x = self.word_embed(tokens.to(self.word_embed.weight.dtype)) + state.lvl_pos[start:start + pn * pn]
-        return x.repeat(2, 1, 1)  # both CFG halves see the same input
+        return x.repeat(state.rows // state.B, 1, 1)  # both CFG halves see the same input
+
+    def drop_guidance(self, state: HARTState) -> None:
+        state.cond_BD, state.context_position_ids = state.cond_BD[: state.B], state.context_position_ids[: state.B]
 
     def sample(self, x: torch.Tensor, state: HARTState, ctx: GenerationContext) -> torch.Tensor:
         si, K, B = ctx.si, len(state.patch_nums), state.B
         final = si == K - 1
         ratio = (K - 2 if final else si) / (K - 1)  # the final stage keeps the previous step's ratio (official)
-        t = state.cfg * ratio
+        t = state.cfg * ratio if state.rows > B else 0.0
         logits = self.get_logits(x, state.cond_BD)
-        logits = (1 + t) * logits[:B] - t * logits[B:]
+        if state.rows > B:
+            logits = (1 + t) * logits[:B] - t * logits[B:]
         if si == 0:  # the 1x1 token comes from the last context position, pad or not
             logits = logits[:, [-1], :]
         top_k = state.top_k if state.top_k is not None else (600 if si < 7 else 300)
@@ -279,12 +288,14 @@ class HARTForT2I(nn.Module):
 
     def residual(self, x: torch.Tensor, idx: torch.Tensor, t: float, generator: torch.Generator) -> torch.Tensor:
         """Final stage: the diffusion head's continuous residual (B, l, Cvae) given the block output x (2B, l, C)
-        and the hard cond-half indices (used for BOTH CFG halves), guided with the same t as the logits."""
+        and the hard cond-half indices (used for BOTH CFG halves), guided with the same t as the logits. Unguided
+        (x has B rows): the head's own unguided sampler (its ``cfg == 1`` path)."""
+        B = idx.shape[0]
         discrete = self.word_embed(F.embedding(idx, self.codebook).to(x.dtype))
-        z = self.decoder_norm(x + torch.cat((discrete, discrete)))
-        B2, l, C = z.shape
-        h_diff = self.diffloss.sample(z.reshape(B2 * l, C).float(), cfg=t, generator=generator)
-        return h_diff.reshape(B2, l, -1)[: B2 // 2]
+        z = self.decoder_norm(x + discrete.repeat(x.shape[0] // B, 1, 1))
+        rows, l, C = z.shape
+        h_diff = self.diffloss.sample(z.reshape(rows * l, C).float(), cfg=t if rows > B else 1.0, generator=generator)
+        return h_diff.reshape(rows, l, -1)[:B]
 
     def update(self, state: HARTState, tokens: torch.Tensor, ctx: GenerationContext) -> None:
         pn = state.patch_nums[ctx.si]

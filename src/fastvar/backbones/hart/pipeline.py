@@ -146,6 +146,7 @@ class HARTPipeline(Pipeline):
         resolution: int | None = None,
         scale_schedule: Sequence[int | tuple[int, int]] | None = None,
         pruning: None | str | PruningSchedule = None,
+        cfg_off_last: int = 0,
         output_type: str = "pil",
         return_tokens: bool = False,
         timed: bool = False,
@@ -158,7 +159,9 @@ class HARTPipeline(Pipeline):
         official rule (600 for scales < 7, else 300); an int overrides every scale. ``more_smooth`` (Gumbel-soft
         codebook mix) is on in the official sample.py. ``diffusion=False`` skips the residual diffusion head
         (official ``final_stage=1``). ``resolution`` (1024) or ``scale_schedule`` (square sides, first 1) choose the
-        schedule; default: the transformer config's ``patch_nums``.
+        schedule; default: the transformer config's ``patch_nums``. ``cfg_off_last=N``: the last N scale steps
+        unguided (conditional rows only, see ``Pipeline.run``); an unguided final step uses the diffusion head's
+        unguided sampler.
         """
         check_sampling_args(cfg, 0 if top_k is None else top_k, top_p)
         check_output_type(output_type)
@@ -168,7 +171,8 @@ class HARTPipeline(Pipeline):
         state = self.model.prepare(context, context_position_ids(mask), patch_nums, cfg=cfg, top_k=top_k,
                                    top_p=top_p, more_smooth=more_smooth, diffusion=diffusion,
                                    diffusion_generator=self._diffusion_generator(seed, diffusion_seed))
-        tokens, ctx = self.run(state, [(pn, pn) for pn in patch_nums], pruning=pruning, generator=rng, timed=timed)
+        tokens, ctx = self.run(state, [(pn, pn) for pn in patch_nums], pruning=pruning, generator=rng,
+                               cfg_off_last=cfg_off_last, timed=timed)
         images = self.vae.fhat_to_img(state.f_hat).add(1).mul(0.5)
         return self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens)
 
@@ -178,7 +182,7 @@ class HARTPipeline(Pipeline):
         g = torch.Generator().manual_seed(0)
         feats = torch.randn(batch, t.context_token, t.context_dim, generator=g)
         patch_nums = self._schedule(resolution, None)
-        return {"kwargs": {"prompt_embeds": feats, "seed": 0, "scale_schedule": list(patch_nums)}, "rows": 2 * batch,
+        return {"kwargs": {"prompt_embeds": feats, "seed": 0, "scale_schedule": list(patch_nums)},
                 "prefix_tokens": t.context_token - 1, "resolution": 16 * patch_nums[-1]}
 
     def _condition(self, prompts, prompt_embeds, prompt_attention_mask) -> tuple[torch.Tensor, torch.Tensor]:

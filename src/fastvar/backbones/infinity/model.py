@@ -314,6 +314,13 @@ class Infinity(nn.Module):
             x = self.word_embed(tokens).repeat(state.rows // state.B, 1, 1)  # both CFG halves see the same input
         return x + self.lvl_embed.weight[si]
 
+    def drop_guidance(self, state: InfinityState) -> None:
+        B = state.B
+        if state.rows > B:
+            lens = state.text.lens[:B]
+            state.ca_kv, state.text = state.ca_kv[: sum(lens)], PackedText(lens, state.ca_kv.device)
+            state.cond_BD, state.ada_cond, state.rows = state.cond_BD[:B], state.ada_cond[:B], B
+
     def guided_logits(self, x: torch.Tensor, state: InfinityState) -> torch.Tensor:
         """Tau-scaled logits, CFG-combined on the logits (``cfg_insertion_layer=[0]``): (B, l, 2d)."""
         logits = self.logits(x, state.cond_BD).mul(1 / state.tau)

@@ -103,6 +103,7 @@ class InfinityPipeline(Pipeline):
         resolution: int | str = 1024,
         scale_schedule: Sequence[Sequence[int]] | None = None,
         pruning: None | str | PruningSchedule = None,
+        cfg_off_last: int = 0,
         output_type: str = "pil",
         return_tokens: bool = False,
         timed: bool = False,
@@ -115,7 +116,8 @@ class InfinityPipeline(Pipeline):
         ``scale_schedule`` given as (h, w) token grids (a prefix of a template's list; it overrides ``h_div_w`` and
         ``resolution``).
         Returns RGB images; ``tokens`` are the sampled bits (B, h*w, d) uint8 of every computed step, and
-        ``stats`` names the template and schedule.
+        ``stats`` names the template and schedule. ``cfg_off_last=N``: the last N scale steps unguided (official
+        ``cfg_list`` with 1 there), forwarding only the conditional rows (see ``Pipeline.run``).
         """
         check_sampling_args(cfg, top_k, top_p)
         check_output_type(output_type)
@@ -136,7 +138,8 @@ class InfinityPipeline(Pipeline):
         rng = resolve_generator(seed, generator, self.device)
         state = self.model.prepare(text, scales, schedules.rope_grid(template), negative=negative, cfg=cfg, tau=tau,
                                    top_k=top_k, top_p=top_p)
-        tokens, ctx = self.run(state, scales, pruning=pruning, generator=rng, timed=timed)
+        tokens, ctx = self.run(state, scales, pruning=pruning, generator=rng,
+                               cfg_off_last=cfg_off_last, timed=timed)
         images = self.decode(state.summed_codes).add(1).div(2)
         out = self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens)
         out.stats.update(h_div_w_template=template, scale_schedule=[list(s) for s in scales])
@@ -156,7 +159,7 @@ class InfinityPipeline(Pipeline):
         feats = [torch.randn(text_tokens, self.spec.infinity.text_channels, generator=g) for _ in range(batch)]
         resolution = resolution or 1024
         return {"kwargs": {"prompt_embeds": [f.to(self.device) for f in feats], "seed": 0, "resolution": resolution},
-                "rows": 2 * batch, "text_tokens": text_tokens, "resolution": resolution}
+                "text_tokens": text_tokens, "resolution": resolution}
 
     def _condition(self, prompts, embeds, what: str, what_embeds: str) -> TextCondition:
         if (prompts is None) == (embeds is None):

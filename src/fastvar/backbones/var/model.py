@@ -90,6 +90,11 @@ class VARState:
     more_smooth: bool
     step_embedding: torch.Tensor | None = None  # (B, l, Cvae) codebook vectors of the last sampled step
 
+    @property
+    def rows(self) -> int:
+        """Transformer rows: 2B while guided, B after ``drop_guidance``."""
+        return self.cond_BD.shape[0]
+
 
 class VAR(nn.Module):
     def __init__(self, cfg: VARConfig, vae: VQVAE):
@@ -138,13 +143,18 @@ class VAR(nn.Module):
             B2 = state.cond_BD.shape[0]
             return state.cond_BD.unsqueeze(1).expand(B2, self.first_l, -1) + self.pos_start.expand(B2, -1, -1) + lvl_pos
         tokens = F.interpolate(state.f_hat, size=(pn, pn), mode="area").view(state.B, self.Cvae, -1).transpose(1, 2)
-        return (self.word_embed(tokens.to(lvl_pos.dtype)) + lvl_pos).repeat(2, 1, 1)  # both CFG halves see the same input
+        x = self.word_embed(tokens.to(lvl_pos.dtype)) + lvl_pos
+        return x.repeat(state.rows // state.B, 1, 1)  # both CFG halves see the same input
+
+    def drop_guidance(self, state: VARState) -> None:
+        state.cond_BD, state.ada_cond = state.cond_BD[: state.B], state.ada_cond[: state.B]
 
     def sample(self, x: torch.Tensor, state: VARState, ctx: GenerationContext) -> torch.Tensor:
         B, ratio = state.B, ctx.si / (len(self.patch_nums) - 1)
         logits = self.logits(x, state.cond_BD)
-        t = state.cfg * ratio
-        logits = (1 + t) * logits[:B] - t * logits[B:]
+        if state.rows > B:
+            t = state.cfg * ratio
+            logits = (1 + t) * logits[:B] - t * logits[B:]
         idx = sample_top_k_top_p(logits, state.top_k, state.top_p, ctx.generator)  # (B, l)
         codebook = self.vae[0].quantize.embedding.weight
         if state.more_smooth:  # soft codebook mix, as the official visualisation option

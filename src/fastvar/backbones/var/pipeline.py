@@ -75,6 +75,7 @@ class VARPipeline(Pipeline):
         top_p: float = 0.95,
         more_smooth: bool = False,
         pruning: None | str | PruningSchedule = None,
+        cfg_off_last: int = 0,
         output_type: str = "pil",
         return_tokens: bool = False,
         timed: bool = False,
@@ -82,14 +83,16 @@ class VARPipeline(Pipeline):
         """Generate one image per class label (``autoregressive_infer_cfg`` of the official code).
 
         ``class_labels=None`` draws ``num_images`` (default 1) labels uniformly from the generator, as the official
-        code does. Defaults follow the official demo (cfg 4, top-k 900, top-p 0.95).
+        code does. Defaults follow the official demo (cfg 4, top-k 900, top-p 0.95). ``cfg_off_last=N``: the last N
+        scale steps unguided (conditional rows only, see ``Pipeline.run``).
         """
         check_sampling_args(cfg, top_k, top_p)
         check_output_type(output_type)
         rng = resolve_generator(seed, generator, self.device)
         labels = self._labels(class_labels, num_images, rng)
         state = self.model.prepare(labels, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
-        tokens, ctx = self.run(state, self.model.scales, pruning=pruning, generator=rng, timed=timed)
+        tokens, ctx = self.run(state, self.model.scales, pruning=pruning, generator=rng,
+                               cfg_off_last=cfg_off_last, timed=timed)
         images = self.vae.fhat_to_img(state.f_hat).add(1).mul(0.5)
         return self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens)
 
@@ -98,7 +101,7 @@ class VARPipeline(Pipeline):
         if resolution not in (None, self.spec.image_size):
             raise FastVARError(f"this VAR model generates {self.spec.image_size}px images only, not {resolution}")
         labels = torch.arange(batch) % self.spec.var.num_classes
-        return {"kwargs": {"class_labels": labels.tolist(), "seed": 0}, "rows": 2 * batch,
+        return {"kwargs": {"class_labels": labels.tolist(), "seed": 0},
                 "resolution": self.spec.image_size}
 
     def _labels(self, class_labels, num_images: int | None, rng: torch.Generator | None) -> torch.Tensor:
