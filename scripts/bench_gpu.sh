@@ -2,7 +2,8 @@
 # Every GPU number of docs/benchmarks.md in one run (sized for a lent H200: a few minutes of device time).
 #   scripts/bench_gpu.sh OUTDIR        (from the repository root; needs torch with CUDA, matplotlib)
 # Full-size architectures with seeded random weights (speed does not depend on weight values), bf16, batch 1,
-# warm runs only; writes gpu.txt, one JSON per model group and a latency/memory plot into OUTDIR.
+# warm runs only; writes gpu.txt (+ the guidance-off table), one JSON per model group and a latency/memory plot
+# into OUTDIR.
 set -euo pipefail
 out=${1:?usage: scripts/bench_gpu.sh OUTDIR}
 mkdir -p "$out"
@@ -24,6 +25,9 @@ bench --model infinity-2b --resolutions 512,1024,1344,2048 --pruning "none|infin
 bench --model infinity-2b --resolutions 1024 \
     --pruning "none|infinity-paper|0.5,0.75,1,1;layers=3:28|0.4,0.5,1,1|0.5,1,1,1;layers=3:28|0.4,0.5,1,1;layers=3:28;granularity=block" \
     --warmup 2 --repeats 5 --out "$out/infinity_1024.json"
+# guidance off at the last steps, alone and with the paper preset (whose last two steps are skipped); table -> gpu.txt
+bench --model infinity-2b --resolutions 1024 --pruning "none|infinity-paper" --cfg-off-last 0,2,4 --warmup 1 \
+    --repeats 3 >> "$out/gpu.txt"
 bench --model infinity-2b --resolutions 1344 --pruning "none|infinity-1344" --warmup 1 --repeats 3 \
     --out "$out/infinity_1344.json"
 bench --model infinity-2b --resolutions 2048 --pruning "none|infinity-2048" --warmup 1 --repeats 3 \

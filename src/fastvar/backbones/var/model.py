@@ -89,6 +89,7 @@ class VARState:
     top_p: float
     more_smooth: bool
     step_embedding: torch.Tensor | None = None  # (B, l, Cvae) codebook vectors of the last sampled step
+    lvl_pos: torch.Tensor | None = None  # (1, L, C) level + position embedding, made once (no per-step host copy)
 
     @property
     def rows(self) -> int:
@@ -133,12 +134,12 @@ class VAR(nn.Module):
         pn = self.patch_nums[-1]
         return VARState(B=B, cond_BD=cond_BD, ada_cond=self.shared_ada_lin(cond_BD),
                         f_hat=torch.zeros(B, self.Cvae, pn, pn, device=cond_BD.device), cfg=cfg, top_k=top_k, top_p=top_p,
-                        more_smooth=more_smooth)
+                        more_smooth=more_smooth, lvl_pos=self.lvl_pos())
 
     def scale_input(self, state: VARState, ctx: GenerationContext) -> torch.Tensor:
         si, off = ctx.si, ctx.token_offset
         pn = self.patch_nums[si]
-        lvl_pos = self.lvl_pos()[:, off:off + pn * pn]
+        lvl_pos = state.lvl_pos[:, off:off + pn * pn]
         if si == 0:  # start token: class embedding + pos_start
             B2 = state.cond_BD.shape[0]
             return state.cond_BD.unsqueeze(1).expand(B2, self.first_l, -1) + self.pos_start.expand(B2, -1, -1) + lvl_pos
