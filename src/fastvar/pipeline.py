@@ -45,7 +45,8 @@ class Pipeline:
         GBs, and the VAE decoder's own activations peak then."""
         schedule = resolve_pruning(pruning)
         pruner = schedule.pruner(len(scales), len(self.model.blocks)) if schedule is not None else None
-        ctx = GenerationContext(scales, generator=generator, pruner=pruner, cfg_off_last=cfg_off_last, timed=timed)
+        ctx = GenerationContext(scales, generator=generator, pruner=pruner, cfg_off_last=cfg_off_last,
+                                timed=timed, device=self.device)
         tokens = run_scales(self.model, state, ctx, progress=self.progress)
         ctx.kept_masks = kept_masks(ctx, rows=state.B)
         ctx.release()

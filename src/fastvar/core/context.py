@@ -80,6 +80,27 @@ class KVCache:
         return self.k[:rows, :, :end], self.v[:rows, :, :end]
 
 
+class StepClock:
+    """Per-step wall time that never synchronises inside the loop: CUDA events on a CUDA device (read after the
+    loop), ``perf_counter`` elsewhere (CPU work is synchronous)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def now(self) -> float | torch.cuda.Event:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def ms(self, start, end) -> float:
+        if not self.cuda:
+            return (end - start) * 1e3
+        end.synchronize()
+        return start.elapsed_time(end)
+
+
 @dataclass
 class StepStats:
     """What one scale step did: its map size, batch rows forwarded (with CFG 2B, B when unguided), tokens forwarded
@@ -119,6 +140,7 @@ class GenerationContext:
         pruner: Pruner | None = None,
         cfg_off_last: int = 0,
         timed: bool = False,
+        device: torch.device | str = "cpu",
     ):
         self.scales = [tuple(s) for s in scales]
         if not (isinstance(cfg_off_last, int) and 0 <= cfg_off_last <= len(self.scales)):
@@ -130,7 +152,8 @@ class GenerationContext:
         self.kv_extra = 0  # K/V rows beyond the scale maps (HART's context tokens at step 0); set before any cache
         # the last step the loop computes (trailing skipped steps end it): its keys/values are never cached
         self.final_step = max((si for si in range(len(self.scales)) if not self.pruner.skips(si)), default=-1)
-        self.timed = timed
+        self.clock = StepClock(torch.device(device)) if timed else None
+        self._marks: list[tuple[StepStats, object, object]] = []  # (step, start, end) until read by stats()
         self.si = -1
         self.keep_idx: torch.Tensor | None = None  # (B, K) kept token positions while a pruned branch runs
         self.attn_mask: torch.Tensor | None = None  # teacher forcing: a full-sequence mask replaces the KV cache
@@ -138,7 +161,6 @@ class GenerationContext:
         self.pruning_state: dict = {}  # owned by the pruner (restoration caches, selections)
         self.steps: list[StepStats] = []
         self.kept_masks: dict[int, torch.Tensor] = {}  # per pruned step, the kept-token maps (set after the loop)
-        self._t0 = 0.0
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -167,20 +189,22 @@ class GenerationContext:
     def begin_step(self, si: int) -> None:
         self.si = si
         self.steps.append(StepStats(step=si, hw=self.scales[si]))
-        if self.timed:
-            _sync()
-            self._t0 = time.perf_counter()
+        if self.clock is not None:
+            self._marks.append((self.steps[-1], self.clock.now(), None))
 
     def end_step(self, rows: int) -> None:
         self.steps[-1].rows = rows
-        if self.timed:
-            _sync()
-            self.steps[-1].ms = (time.perf_counter() - self._t0) * 1e3
+        if self.clock is not None:
+            step, start, _ = self._marks[-1]
+            self._marks[-1] = (step, start, self.clock.now())
 
     def skip_step(self, si: int) -> None:
         self.steps.append(StepStats(step=si, hw=self.scales[si], skipped=True))
 
     def stats(self) -> dict:
+        for step, start, end in self._marks:
+            step.ms = self.clock.ms(start, end)
+        self._marks.clear()
         return {
             "steps": [s.as_dict() for s in self.steps],
             "skipped_steps": [s.step for s in self.steps if s.skipped],
@@ -192,7 +216,3 @@ class GenerationContext:
         self.kv.clear()
         self.pruning_state.clear()
 
-
-def _sync() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
