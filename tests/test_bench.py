@@ -1,6 +1,7 @@
 """The benchmark harness on a tiny model: it runs and its report is well formed (no timing asserts)."""
 import json
 
+import pytest
 import torch
 
 from fastvar.cli import main
@@ -49,6 +50,25 @@ def test_bench_cli_smoke(golden_var, tmp_path, capsys):
     assert rows[1]["stats"]["skipped_steps"] == [6]
     assert all(row["transformer_tflop"] > 0 and row["total_ms_median"] >= row["loop_ms_median"] for row in rows)
     assert "| config |" in capsys.readouterr().out
+
+
+def test_weights_reported_are_the_checkpoints_tensors(golden_var, tmp_path):
+    """The transformer and VAE weights the report counts are the official files' tensors, less the derived buffers
+    fastvar recomputes (VAR's lvl_1L, attn_bias_for_masking, zero_k_bias; the VQ-VAE's EMA hit counts)."""
+    r = golden_var.root
+
+    def file_mb(name: str, derived: tuple[str, ...]) -> float:
+        sd = torch.load(r / name, map_location="cpu", weights_only=True)
+        return sum(t.numel() * t.element_size() for k, t in sd.items() if not any(d in k for d in derived)) / 2**20
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "var", "--config", str(r / "config.json"), "--vae", str(r / "vae.pth"),
+                 "--transformer", str(r / "var.pth"), "--warmup", "0", "--repeats", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())["results"][0]
+    weights = result["weights_mb"]
+    assert weights["transformer"] == pytest.approx(file_mb("var.pth", ("lvl_1L", "attn_bias_for_masking", "zero_k_bias")))
+    assert weights["vae"] == pytest.approx(file_mb("vae.pth", ("ema_vocab_hit_SV",)))
+    assert result["peak_above_weights_mb"] == pytest.approx(result["peak_memory_mb"] - sum(weights.values()), abs=0.1)
 
 
 def test_bench_infinity_random_weights_reports_pruned_work(golden_infinity, tmp_path):

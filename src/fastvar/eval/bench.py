@@ -48,6 +48,17 @@ def transformer_flops(model: nn.Module, stats: dict, text_tokens: int = 0, prefi
     return flops
 
 
+def weights_mb(pipe) -> dict[str, float]:
+    """MiB of parameters and buffers each loaded component holds: transformer (with HART's diffusion head), VAE or
+    tokenizer, and the text encoder when loaded. Peak memory minus their sum is what a call itself needs."""
+    parts = {"transformer": pipe.model, "vae": pipe.vae}
+    text = getattr(pipe, "text_encoder", None)
+    if text is not None:
+        parts["text_encoder"] = text if isinstance(text, nn.Module) else text.model
+    return {name: sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers())) / 2**20
+            for name, m in parts.items()}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -86,13 +97,14 @@ def bench_one(call: Callable[[], object], device: torch.device, warmup: int, rep
 def run_bench(pipe, configs: list[dict], *, warmup: int, repeats: int, peak_tflops: float | None = None) -> list[dict]:
     """``configs``: dicts with ``label``, ``kwargs`` (the pipeline call) and optional ``text_tokens`` /
     ``prefix_tokens`` for the work count. Speedups are against the first config of each group."""
-    results = []
+    results, weights = [], weights_mb(pipe)
     for i, cfg in enumerate(configs):
         print(f"[{i + 1}/{len(configs)}] {cfg['label']}", file=sys.stderr, flush=True)
         r = bench_one(lambda: pipe(**cfg["kwargs"], timed=True, output_type="pt"), pipe.device, warmup, repeats)
         flops = transformer_flops(pipe.model, r["stats"], cfg.get("text_tokens", 0), cfg.get("prefix_tokens", 0))
         r.update(label=cfg["label"], group=cfg.get("group", ""), pruning=cfg.get("pruning") or "none",
-                 cfg_off_last=cfg["kwargs"].get("cfg_off_last", 0),
+                 cfg_off_last=cfg["kwargs"].get("cfg_off_last", 0), weights_mb=weights,
+                 peak_above_weights_mb=round(r["peak_memory_mb"] - sum(weights.values()), 1),
                  tokens_forwarded=tokens_forwarded(r["stats"], len(pipe.model.blocks)),
                  transformer_tflop=flops / 1e12,
                  achieved_tflops=flops / 1e12 / (r["loop_ms_median"] / 1e3))
@@ -107,12 +119,13 @@ def run_bench(pipe, configs: list[dict], *, warmup: int, repeats: int, peak_tflo
 
 def format_results(results: list[dict]) -> str:
     lines = ["| config | total ms (median, min-max) | loop ms | other ms | speedup (loop) | tokens forwarded | "
-             "TFLOP | TFLOP/s | peak MB |", "|" + "---|" * 9]
+             "TFLOP | TFLOP/s | peak MB (above weights) |", "|" + "---|" * 9]
     for r in results:
         lines.append(
             f"| {r['label']} | {r['total_ms_median']:.1f} ({r['total_ms_min']:.1f}-{r['total_ms_max']:.1f}) | "
             f"{r['loop_ms_median']:.1f} | {r['other_ms_median']:.1f} | {r['speedup_loop']:.2f}x | {r['tokens_forwarded']:.0f} | "
-            f"{r['transformer_tflop']:.4g} | {r['achieved_tflops']:.4g} | {r['peak_memory_mb']:.0f} |")
+            f"{r['transformer_tflop']:.4g} | {r['achieved_tflops']:.4g} | "
+            f"{r['peak_memory_mb']:.0f} ({r['peak_above_weights_mb']:.0f}) |")
     return "\n".join(lines)
 
 
