@@ -54,7 +54,7 @@ def sizes(scales) -> list[int]:
 def recorded_logits(model):
     """Record the guided logits of every step (a copy: the sampler filters them in place)."""
     logits, original = [], model.guided_logits
-    model.guided_logits = lambda x, state: logits.append(original(x, state)) or logits[-1].clone()
+    model.guided_logits = lambda x, state, si: logits.append(original(x, state, si)) or logits[-1].clone()
     try:
         yield logits
     finally:
@@ -142,6 +142,49 @@ def test_cached_ar_with_forced_bits_equals_teacher_forcing(pipe, golden):
         tokens, _ = pipe.run(state, SHORT, pruning=None, generator=make_generator(0, "cpu"))
     assert torch.equal(torch.cat(tokens, 1), golden["vae.bits_flat"])
     torch.testing.assert_close(torch.cat(logits, 1), golden["tf.logits"], **TF_TOL)
+
+
+def test_per_step_cfg_and_tau_lists(pipe, golden):
+    """Official ``cfg_list``/``tau_list``: a step with cfg 1 uses the conditional rows' logits alone (teacher-forced
+    golden logits, all bits forced), a guided step the same logits as a scalar-cfg call; tau scales per step; the
+    trailing cfg-1 step forwards only the conditional rows."""
+    forced = golden["vae.bits_flat"].split(sizes(SHORT), dim=1)
+    text, n = text_of(golden, "text"), len(SHORT)
+
+    def run(cfg, tau):
+        state = pipe.model.prepare(text, SHORT, GRID, cfg=cfg, tau=tau, top_k=1, top_p=0.0, force_bits=forced)
+        with recorded_logits(pipe.model) as logits:
+            _, ctx = pipe.run(state, SHORT, pruning=None, generator=make_generator(0, "cpu"),
+                              cfg_off_last=next(i for i, c in enumerate(reversed(state.cfg)) if c != 1))
+        return logits, ctx.stats()
+
+    cfg_list = [1.0, 4.0, 1.0, 4.0, 1.0, 4.0, 1.0]
+    mixed, stats = run(cfg_list, 1.0)
+    guided, _ = run(4.0, 1.0)
+    teacher = golden["tf.logits"].split(sizes(SHORT), dim=1)
+    for si, c in enumerate(cfg_list):
+        if c == 1:
+            torch.testing.assert_close(mixed[si], teacher[si], **TF_TOL)
+        else:
+            assert torch.equal(mixed[si], guided[si])
+    assert [s["rows"] for s in stats["steps"]] == [4] * (n - 1) + [2]
+    halved, _ = run(4.0, [1.0] * (n - 1) + [0.5])
+    assert all(torch.equal(a, b) for a, b in zip(halved[:-1], guided[:-1])) and torch.equal(halved[-1], 2 * guided[-1])
+    for bad in ([3.0] * (n - 1), [3.0] * (n + 1)):
+        with pytest.raises(FastVARError, match="one per scale step"):
+            pipe(prompt_embeds=text, cfg=bad, resolution=256)
+    with pytest.raises(FastVARError, match="tau"):
+        pipe(prompt_embeds=text, tau=[0.5] * (n - 1) + [0.0], resolution=256)
+
+
+def test_trailing_cfg_1_steps_forward_conditional_rows_only(pipe, golden):
+    text = text_of(golden, "text")
+    kwargs = dict(prompt_embeds=text, seed=4, resolution=256, output_type="pt", return_tokens=True)
+    listed = pipe(cfg=[3.0] * 5 + [1.0, 1.0], **kwargs)
+    off = pipe(cfg=3.0, cfg_off_last=2, **kwargs)
+    assert [s["rows"] for s in listed.stats["steps"]] == [4] * 5 + [2] * 2
+    assert all(torch.equal(a, b) for a, b in zip(listed.tokens, off.tokens))
+    assert torch.equal(listed.images, off.images)
 
 
 # ------------------------------------------------------------------------------------- (d), (f) 256²

@@ -38,6 +38,14 @@ def ada_layer_norm(x: torch.Tensor, eps: float, scale: torch.Tensor, shift: torc
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps).mul(scale.add(1)).add_(shift)
 
 
+def per_step(value: float | Sequence[float], steps: int, name: str) -> tuple[float, ...]:
+    """One value for every scale step, or exactly one per step (official ``cfg_list``/``tau_list``)."""
+    values = (value,) * steps if isinstance(value, (int, float)) else tuple(value)
+    if len(values) != steps or not all(isinstance(v, (int, float)) for v in values):
+        raise FastVARError(f"{name} must be a number or a list of {steps} numbers (one per scale step), got {value!r}")
+    return tuple(float(v) for v in values)
+
+
 # ----------------------------------------------------------------------------------------------------- 2-D RoPE
 
 
@@ -235,8 +243,8 @@ class InfinityState:
     ca_kv: torch.Tensor  # (N, C) packed text keys/values source of every cross-attention
     text: PackedText
     rope: Rope2D
-    cfg: float
-    tau: float
+    cfg: Sequence[float]  # guidance weight per scale step (official cfg_list)
+    tau: Sequence[float]  # logit temperature per scale step (official tau_list)
     top_k: int
     top_p: float
     force_bits: Sequence[torch.Tensor] | None = None  # official gt_leak/gt_ls_Bl: bits that replace the samples
@@ -276,17 +284,20 @@ class Infinity(nn.Module):
 
     # ---- next-scale protocol -------------------------------------------------------------------------------
     def prepare(self, text: TextCondition, scales: Sequence[tuple[int, int]], grid: tuple[int, int], *,
-                negative: TextCondition | None = None, cfg: float = 3.0, tau: float = 0.5, top_k: int = 900,
-                top_p: float = 0.97, force_bits: Sequence[torch.Tensor] | None = None) -> InfinityState:
-        """Text conditioning of ``autoregressive_infer_cfg``: with cfg != 1 the unconditional rows are
-        ``cfg_uncond[:len_i]`` per prompt (or the negative prompts), appended after the conditional ones."""
+                negative: TextCondition | None = None, cfg: float | Sequence[float] = 3.0,
+                tau: float | Sequence[float] = 0.5, top_k: int = 900, top_p: float = 0.97,
+                force_bits: Sequence[torch.Tensor] | None = None) -> InfinityState:
+        """Text conditioning of ``autoregressive_infer_cfg``: when some step's cfg != 1 the unconditional rows are
+        ``cfg_uncond[:len_i]`` per prompt (or the negative prompts), appended after the conditional ones. ``cfg`` and
+        ``tau``: one value, or one per scale step (the official ``cfg_list``/``tau_list``)."""
         device = self.pos_start.device
         B, kv, lens = len(text), text.features.to(device=device, dtype=torch.float32), list(text.lens)
         if kv.shape[1] != self.cfg.text_channels:
             raise FastVARError(f"text features have {kv.shape[1]} channels, the model expects {self.cfg.text_channels}")
         if max(lens) > self.cfg.text_maxlen:
             raise FastVARError(f"prompt of {max(lens)} tokens exceeds text_maxlen {self.cfg.text_maxlen}")
-        if cfg != 1:
+        cfg, tau = per_step(cfg, len(scales), "cfg"), per_step(tau, len(scales), "tau")
+        if any(c != 1 for c in cfg):
             if negative is None:
                 uncond = torch.cat([self.cfg_uncond[:n] for n in lens])
                 negative = TextCondition(uncond, lens)
@@ -321,17 +332,18 @@ class Infinity(nn.Module):
             state.ca_kv, state.text = state.ca_kv[: sum(lens)], PackedText(lens, state.ca_kv.device)
             state.cond_BD, state.ada_cond, state.rows = state.cond_BD[:B], state.ada_cond[:B], B
 
-    def guided_logits(self, x: torch.Tensor, state: InfinityState) -> torch.Tensor:
-        """Tau-scaled logits, CFG-combined on the logits (``cfg_insertion_layer=[0]``): (B, l, 2d)."""
-        logits = self.logits(x, state.cond_BD).mul(1 / state.tau)
-        if state.rows == state.B:
-            return logits
-        B, cfg = state.B, state.cfg
+    def guided_logits(self, x: torch.Tensor, state: InfinityState, si: int) -> torch.Tensor:
+        """Tau-scaled logits, CFG-combined on the logits (``cfg_insertion_layer=[0]``): (B, l, 2d). A step whose
+        cfg is 1 takes the conditional rows' logits alone, as the official code does."""
+        B, cfg, tau = state.B, state.cfg[si], state.tau[si]
+        if state.rows == B or cfg == 1:
+            return self.logits(x[:B], state.cond_BD[:B]).mul(1 / tau)
+        logits = self.logits(x, state.cond_BD).mul(1 / tau)
         return cfg * logits[:B] + (1 - cfg) * logits[B:]
 
     def sample(self, x: torch.Tensor, state: InfinityState, ctx: GenerationContext) -> torch.Tensor:
         """One multinomial draw per bit over (bit=0, bit=1) after top-k/top-p: bits (B, l, d) uint8."""
-        logits = self.guided_logits(x, state)
+        logits = self.guided_logits(x, state, ctx.si)
         B, l, _ = logits.shape
         bits = sample_top_k_top_p(logits.reshape(B, l * self.d_vae, 2), state.top_k, state.top_p, ctx.generator)
         if state.force_bits is not None and ctx.si < len(state.force_bits):

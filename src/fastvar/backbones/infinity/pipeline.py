@@ -95,8 +95,8 @@ class InfinityPipeline(Pipeline):
         negative_prompt_embeds: TextCondition | torch.Tensor | Sequence[torch.Tensor] | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
-        cfg: float = 3.0,
-        tau: float = 0.5,
+        cfg: float | Sequence[float] = 3.0,
+        tau: float | Sequence[float] = 0.5,
         top_k: int = 900,
         top_p: float = 0.97,
         h_div_w: float = 1.0,
@@ -111,7 +111,9 @@ class InfinityPipeline(Pipeline):
         """Generate one image per prompt (``autoregressive_infer_cfg`` as ``gen_one_img`` calls it: CFG on logits).
 
         Official settings: Infinity-2B cfg 3 (notebook) or 4 (``infer.sh``), tau 0.5; Infinity-8B cfg 3, tau 1.0;
-        top_k 900, top_p 0.97 everywhere. The schedule is the template nearest to ``h_div_w`` at ``resolution``
+        top_k 900, top_p 0.97 everywhere. ``cfg`` and ``tau`` take one value or one per scale step (the official
+        ``cfg_list``/``tau_list``); a step with cfg 1 samples the conditional logits, and trailing such steps forward
+        only the conditional rows (as ``cfg_off_last``). The schedule is the template nearest to ``h_div_w`` at ``resolution``
         (256/512/768/1024 or "0.06M"/"0.25M"/"0.60M"/"1M"; zero-shot 1344/1664/2048, see ``schedules``), or
         ``scale_schedule`` given as (h, w) token grids (a prefix of a template's list; it overrides ``h_div_w`` and
         ``resolution``).
@@ -119,10 +121,11 @@ class InfinityPipeline(Pipeline):
         ``stats`` names the template and schedule. ``cfg_off_last=N``: the last N scale steps unguided (official
         ``cfg_list`` with 1 there), forwarding only the conditional rows (see ``Pipeline.run``).
         """
-        check_sampling_args(cfg, top_k, top_p)
+        for value in _values(cfg):
+            check_sampling_args(value, top_k, top_p)
         check_output_type(output_type)
-        if not (isinstance(tau, (int, float)) and tau > 0):
-            raise FastVARError(f"tau must be a number > 0, got {tau!r}")
+        if not all(isinstance(t, (int, float)) and t > 0 for t in _values(tau)):
+            raise FastVARError(f"tau must be a number > 0 (or one per scale step), got {tau!r}")
         text = self._condition(prompts, prompt_embeds, "prompts", "prompt_embeds")
         negative = None
         if negative_prompt is not None or negative_prompt_embeds is not None:
@@ -138,8 +141,9 @@ class InfinityPipeline(Pipeline):
         rng = resolve_generator(seed, generator, self.device)
         state = self.model.prepare(text, scales, schedules.rope_grid(template), negative=negative, cfg=cfg, tau=tau,
                                    top_k=top_k, top_p=top_p)
+        unguided_tail = next((i for i, c in enumerate(reversed(state.cfg)) if c != 1), len(scales))
         tokens, ctx = self.run(state, scales, pruning=pruning, generator=rng,
-                               cfg_off_last=cfg_off_last, timed=timed)
+                               cfg_off_last=max(cfg_off_last, unguided_tail), timed=timed)
         images = self.decode(state.summed_codes).add(1).div(2)
         out = self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens)
         out.stats.update(h_div_w_template=template, scale_schedule=[list(s) for s in scales])
@@ -173,3 +177,8 @@ class InfinityPipeline(Pipeline):
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise FastVARError(f"{what} must be a string or a non-empty list of strings")
         return self.text_encoder(prompts)
+
+
+def _values(value) -> list:
+    """The values of a per-step argument given as one value or a sequence."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
