@@ -85,13 +85,13 @@ class StepClock:
     loop), ``perf_counter`` elsewhere (CPU work is synchronous)."""
 
     def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+        self.device, self.cuda = device, device.type == "cuda"
 
     def now(self) -> float | torch.cuda.Event:
         if not self.cuda:
             return time.perf_counter()
         event = torch.cuda.Event(enable_timing=True)
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))
         return event
 
     def ms(self, start, end) -> float:
