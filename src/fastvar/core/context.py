@@ -15,6 +15,7 @@ import torch
 
 from ..errors import FastVARError
 
+
 class Pruner(Protocol):
     """What the loop and blocks ask of a token-pruning method (see ``fastvar.pruning``)."""
 
