@@ -12,7 +12,10 @@ from fastvar.backbones.infinity.vae import (
     VAE_PRESETS,
     InfinityVAE,
     InfinityVAEConfig,
+    Normalize,
     load_infinity_vae,
+    norm_swish,
+    swish,
 )
 from fastvar.core.loading import build_and_load, read_state_dict
 from fastvar.errors import CheckpointError, FastVARError
@@ -165,3 +168,19 @@ def test_spatial_patchify_layout():
         tf = patched.teacher_forcing_input(bits_p, sched)
     assert raw.shape == (2, 4, 8, 8) and tf.shape == (2, 4 + 16, 16)
     assert patched.decode(summed).shape == (2, 3, 64, 64)
+
+
+def test_autocast_norm_swish_is_cuda_autocast_numerics_in_group_chunks():
+    """Under autocast the decoder's GroupNorm + swish run in float32 (CUDA autocast's policy for group_norm) with a
+    bfloat16 result, a few groups at a time: bitwise the whole-map float32 computation. Without autocast: unchanged."""
+    g = torch.Generator().manual_seed(0)
+    norm = Normalize(96)  # 32 groups of 3 channels
+    norm.norm.weight.data = torch.randn(96, generator=g)
+    norm.norm.bias.data = torch.randn(96, generator=g)
+    x = torch.randn(2, 96, 12, 10, generator=g).mul(3).add(1)
+    assert torch.equal(norm_swish(norm, x), swish(norm(x)))
+    x16 = x.to(torch.bfloat16)
+    whole = swish(F.group_norm(x16.float(), 32, norm.norm.weight, norm.norm.bias, 1e-6)).to(torch.bfloat16)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        chunked = norm_swish(norm, x16)
+    assert chunked.dtype == torch.bfloat16 and torch.equal(chunked, whole)

@@ -111,6 +111,28 @@ def swish(x: Tensor) -> Tensor:
     return x * s if s.requires_grad else s.mul_(x)
 
 
+NORM_CHUNKS = 8  # group chunks of an autocast GroupNorm: a float32 copy of 1/8 of a map at a time
+
+
+def norm_swish(norm: Normalize, x: Tensor) -> Tensor:
+    """``swish(norm(x))``. Under autocast (bf16 pipelines) as CUDA autocast runs it, GroupNorm and swish in float32
+    with the result in the autocast dtype for the next convolution, but computed a few groups at a time (each group
+    is normalised on its own): no float32 copy of a whole map exists, where CUDA autocast would make two (at 2048² the
+    decoder's 256-channel map is 4 GiB in float32). Without autocast: exactly ``swish(norm(x))``."""
+    device = x.device.type
+    if x.requires_grad or not torch.is_autocast_enabled(device):
+        return swish(norm(x))
+    gn = norm.norm
+    out = torch.empty_like(x, dtype=torch.get_autocast_dtype(device))
+    per_group, groups = gn.num_channels // gn.num_groups, max(1, gn.num_groups // NORM_CHUNKS)
+    with torch.autocast(device, enabled=False):
+        for g in range(0, gn.num_groups, groups):
+            c = slice(g * per_group, min(g + groups, gn.num_groups) * per_group)
+            n = (c.stop - c.start) // per_group
+            out[:, c] = swish(F.group_norm(x[:, c].float(), n, gn.weight[c].float(), gn.bias[c].float(), gn.eps))
+    return out
+
+
 class Conv(nn.Module):
     """Official ``conv.Conv`` with ``cnn_type='2d'``: a Conv2d under the key ``.conv``."""
 
@@ -146,8 +168,8 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = Conv(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(swish(self.norm1(x)))
-        h = self.conv2(swish(self.norm2(h)))
+        h = self.conv1(norm_swish(self.norm1, x))
+        h = self.conv2(norm_swish(self.norm2, h))
         return h.add_(x if self.nin_shortcut is None else self.nin_shortcut(x))  # in place: the same sums
 
 
@@ -214,7 +236,7 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid.block_2(self.mid.block_1(h))
-        return self.conv_out(swish(self.norm_out(h)))
+        return self.conv_out(norm_swish(self.norm_out, h))
 
 
 class Decoder(nn.Module):
@@ -243,7 +265,7 @@ class Decoder(nn.Module):
                 h = block(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(swish(self.norm_out(h)))
+        return self.conv_out(norm_swish(self.norm_out, h))
 
 
 # ----------------------------------------------------------------------------------- the VAE with its BSQ quantiser
