@@ -101,3 +101,26 @@ def test_long_prompt_is_truncated_with_a_warning(t5_folder):
     with pytest.warns(UserWarning, match="truncated"):
         cond = encoder(["a " * 600, "red cat"])
     assert cond.lens == [TEXT_MAXLEN, 3]
+
+
+def test_text_encoder_device_option(golden_infinity, golden_var, t5_folder):
+    root = golden_infinity.root
+    files = dict(vae=root / "vae.pth", transformer=root / "infinity.pth", config=root / "config.json")
+    pipe = load_pipeline("infinity", **files, text_encoder=t5_folder, text_encoder_device="cpu")
+    assert pipe.text_encoder.device == torch.device("cpu")
+    with pytest.raises(FastVARError, match="needs a text_encoder"):
+        load_pipeline("infinity", **files, text_encoder_device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(FastVARError, match="sees no CUDA GPU"):
+            load_pipeline("infinity", **files, text_encoder=t5_folder, text_encoder_device="cuda")
+    with pytest.raises(FastVARError, match="takes no checkpoint paths"):
+        load_pipeline("infinity", config=root / "config.json", random_weights=True, text_encoder=t5_folder)
+    r = golden_var.root
+    with pytest.raises(FastVARError, match="class-conditional"):
+        load_pipeline("var", vae=r / "vae.pth", transformer=r / "var.pth", config=r / "config.json",
+                      text_encoder=t5_folder)
+    from fastvar.cli import main
+
+    assert main(["generate", "--model", "infinity", "--config", str(root / "config.json"), "--vae",
+                 str(root / "vae.pth"), "--transformer", str(root / "infinity.pth"), "--text-encoder-device", "cpu",
+                 "a cat"]) == 2

@@ -56,6 +56,10 @@ def load_from_args(args: argparse.Namespace):
     extra = {"random_weights": True} if args.random_weights else {}
     if args.text_encoder:
         extra["text_encoder"] = args.text_encoder
+        if args.text_encoder_device:
+            extra["text_encoder_device"] = args.text_encoder_device
+    elif args.text_encoder_device:
+        raise FastVARError("--text-encoder-device needs --text-encoder")
     pipe = load_pipeline(backbone, vae=args.vae, transformer=args.transformer, config=config, device=args.device,
                          dtype=_dtype(args.dtype), **extra)
     pipe.set_progress_bar_config(disable=args.quiet)
@@ -266,6 +270,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float)
     p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing (official visual option)")
     p.add_argument("--text-encoder", help="local text model folder (Flan-T5 for Infinity, Qwen2 for HART)")
+    p.add_argument("--text-encoder-device", help="run the text encoder there (e.g. cpu: its weights stay off the GPU)")
     p.add_argument("--prompts-file", help="one prompt per line")
     p.add_argument("--aspect", help="aspect ratio width:height (nearest template is used), e.g. 16:9")
     p.add_argument("--resolution", help="image size / schedule (Infinity: 256/512/768/1024 or 0.06M..1M)")

@@ -86,10 +86,17 @@ def load_pipeline(backbone: str, **kwargs) -> Pipeline:
 
     ``load_pipeline("demo")`` loads the built-in demo model (weights inside the package, no paths)."""
     check_device(kwargs.get("device", "cpu"))
+    if kwargs.get("text_encoder_device") is not None:
+        if kwargs.get("text_encoder") is None:
+            raise FastVARError("text_encoder_device= needs a text_encoder= folder")
+        check_device(kwargs["text_encoder_device"])
     if backbone == "var":
         from .backbones.var.pipeline import VARPipeline
 
-        return VARPipeline.from_files(**{k: v for k, v in kwargs.items() if k != "text_encoder" or v is not None})
+        if kwargs.get("text_encoder") is not None:
+            raise FastVARError("VAR is class-conditional: it takes no text encoder")
+        return VARPipeline.from_files(**{k: v for k, v in kwargs.items() if k not in ("text_encoder",
+                                                                                     "text_encoder_device")})
     if backbone == "hart":
         from .backbones.hart.pipeline import HARTPipeline
 

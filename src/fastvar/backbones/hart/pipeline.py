@@ -85,10 +85,12 @@ class HARTPipeline(Pipeline):
     def from_files(cls, vae: str | Path | None = None, transformer: str | Path | None = None,
                    config: str | Path | dict | None = None, text_encoder: str | Path | None = None,
                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                   random_weights: bool = False) -> HARTPipeline:
+                   random_weights: bool = False, text_encoder_device: str | torch.device | None = None) -> HARTPipeline:
         """Load the release folders strictly: ``vae`` = ``tokenizer/`` (``pytorch_model.bin`` or
         ``model.safetensors``), ``transformer`` = ``llm/`` (``ema_model.bin``, as sample.py), ``text_encoder`` = the
         Qwen2 folder (optional: without it pass ``prompt_embeds``). ``config=None`` reads the folders' config.json.
+        ``text_encoder_device``: where the text model runs (default ``device``); ``"cpu"`` keeps its weights (about
+        3 GB in float16 for Qwen2-VL-1.5B) off the GPU.
 
         ``random_weights=True`` builds the architecture (``config``, default ``"hart-0.7b"``) with seeded random
         weights instead (for benchmarks and smoke tests: the images are noise). The tokenizer stays float32, the
@@ -96,8 +98,8 @@ class HARTPipeline(Pipeline):
         """
         device = torch.device(device)
         if random_weights:
-            if vae is not None or transformer is not None:
-                raise FastVARError("random_weights=True takes no checkpoint paths")
+            if vae is not None or transformer is not None or text_encoder is not None:
+                raise FastVARError("random_weights=True takes no checkpoint paths (nor a text encoder)")
             spec = load_spec("hart-0.7b" if config is None else config)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
@@ -123,7 +125,7 @@ class HARTPipeline(Pipeline):
         model.eval().requires_grad_(False)
         encoder = None
         if text_encoder is not None:
-            encoder = Qwen2TextEncoder(text_encoder, device=device)
+            encoder = Qwen2TextEncoder(text_encoder, device=text_encoder_device or device)
             if encoder.channels != spec.transformer.context_dim:
                 raise FastVARError(f"the text model in {text_encoder} has hidden size {encoder.channels}, the HART "
                                    f"transformer expects context_dim {spec.transformer.context_dim}")
@@ -194,7 +196,8 @@ class HARTPipeline(Pipeline):
             if self.text_encoder is None:
                 raise FastVARError("prompts need a Qwen2 text encoder: load with text_encoder=FOLDER, or pass "
                                    "prompt_embeds=")
-            return self.text_encoder(prompts, Lc)
+            features, mask = self.text_encoder(prompts, Lc)
+            return features.to(self.device), mask.to(self.device)
         if not isinstance(prompt_embeds, torch.Tensor) or tuple(prompt_embeds.shape[1:]) != (Lc, Cc):
             shape = tuple(prompt_embeds.shape) if isinstance(prompt_embeds, torch.Tensor) else type(prompt_embeds)
             raise FastVARError(f"prompt_embeds must be (B, {Lc}, {Cc}) (context_token, context_dim), got {shape}")

@@ -42,21 +42,24 @@ class InfinityPipeline(Pipeline):
     def from_files(cls, vae: str | Path | None = None, transformer: str | Path | None = None,
                    config: str | Path | dict = "infinity-2b", text_encoder: str | Path | None = None,
                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                   random_weights: bool = False) -> InfinityPipeline:
+                   random_weights: bool = False, text_encoder_device: str | torch.device | None = None
+                   ) -> InfinityPipeline:
         """Load the BSQ-VAE, the transformer and (optionally) a local T5 folder (Flan-T5-XL for the releases).
 
         ``dtype`` applies to the transformer blocks (the official ``--bf16 1`` casts the blocks to bfloat16); text
         pooling, embeddings, head and VAE weights stay float32, and with bfloat16 the VAE decodes under bfloat16
         autocast (see ``decode``). Use float32 on CPU. ``random_weights=True`` builds the
-        architecture with seeded random weights (benchmarks; images are noise).
+        architecture with seeded random weights (benchmarks; images are noise). ``text_encoder_device``: where the
+        T5 encoder runs (default ``device``); ``"cpu"`` keeps its weights (about 2.4 GB in float16 for Flan-T5-XL's
+        encoder) off the GPU.
         """
         if dtype not in (torch.float32, torch.bfloat16):
             raise FastVARError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
         spec = load_spec(config)
         device = torch.device(device)
         if random_weights:
-            if vae is not None or transformer is not None:
-                raise FastVARError("random_weights=True takes no checkpoint paths")
+            if vae is not None or transformer is not None or text_encoder is not None:
+                raise FastVARError("random_weights=True takes no checkpoint paths (nor a text encoder)")
             with torch.random.fork_rng(devices=[]), torch.device(device):
                 torch.manual_seed(0)
                 bsq = InfinityVAE(spec.vae).eval().requires_grad_(False)
@@ -80,7 +83,7 @@ class InfinityPipeline(Pipeline):
             block.to(dtype)
         encoder = None
         if text_encoder is not None:
-            encoder = T5TextEncoder(text_encoder, device=device)
+            encoder = T5TextEncoder(text_encoder, device=text_encoder_device or device)
             if encoder.channels != spec.infinity.text_channels:
                 raise FastVARError(f"text encoder has {encoder.channels} channels, the transformer expects "
                                    f"{spec.infinity.text_channels}")
