@@ -267,7 +267,7 @@ class HARTForT2I(nn.Module):
         si, K, B = ctx.si, len(state.patch_nums), state.B
         final = si == K - 1
         ratio = (K - 2 if final else si) / (K - 1)  # the final stage keeps the previous step's ratio (official)
-        t = state.cfg * ratio if state.rows > B else 0.0
+        t = state.cfg * ratio
         logits = self.get_logits(x, state.cond_BD)
         if state.rows > B:
             logits = (1 + t) * logits[:B] - t * logits[B:]

@@ -14,7 +14,7 @@ from ...pipeline import Pipeline, resolve_generator
 from ...pruning import PruningSchedule
 from . import schedules
 from .config import CONFIGS, InfinityModelSpec, load_spec
-from .model import Infinity
+from .model import Infinity, per_step
 from .text import T5TextEncoder, TextCondition, as_text_condition
 from .vae import DERIVED_KEYS as VAE_DERIVED
 from .vae import InfinityVAE
@@ -124,11 +124,17 @@ class InfinityPipeline(Pipeline):
         ``stats`` names the template and schedule. ``cfg_off_last=N``: the last N scale steps unguided (official
         ``cfg_list`` with 1 there), forwarding only the conditional rows (see ``Pipeline.run``).
         """
-        for value in _values(cfg):
-            check_sampling_args(value, top_k, top_p)
         check_output_type(output_type)
-        if not all(isinstance(t, (int, float)) and t > 0 for t in _values(tau)):
-            raise FastVARError(f"tau must be a number > 0 (or one per scale step), got {tau!r}")
+        if scale_schedule is not None:
+            scales, template = schedules.check_schedule(scale_schedule)
+        else:
+            template = schedules.nearest_template(h_div_w)
+            scales = schedules.scale_schedule(template, resolution)
+        cfgs, taus = per_step(cfg, len(scales), "cfg"), per_step(tau, len(scales), "tau")
+        for value in cfgs:
+            check_sampling_args(value, top_k, top_p)
+        if not all(t > 0 for t in taus):
+            raise FastVARError(f"tau must be > 0 (at every scale step), got {tau!r}")
         text = self._condition(prompts, prompt_embeds, "prompts", "prompt_embeds")
         negative = None
         if negative_prompt is not None or negative_prompt_embeds is not None:
@@ -136,15 +142,10 @@ class InfinityPipeline(Pipeline):
                                        "negative_prompt_embeds")
             if len(negative) == 1 and len(text) > 1:
                 negative = negative.repeat(len(text))
-        if scale_schedule is not None:
-            scales, template = schedules.check_schedule(scale_schedule)
-        else:
-            template = schedules.nearest_template(h_div_w)
-            scales = schedules.scale_schedule(template, resolution)
         rng = resolve_generator(seed, generator, self.device)
-        state = self.model.prepare(text, scales, schedules.rope_grid(template), negative=negative, cfg=cfg, tau=tau,
+        state = self.model.prepare(text, scales, schedules.rope_grid(template), negative=negative, cfg=cfgs, tau=taus,
                                    top_k=top_k, top_p=top_p)
-        unguided_tail = next((i for i, c in enumerate(reversed(state.cfg)) if c != 1), len(scales))
+        unguided_tail = next((i for i, c in enumerate(reversed(cfgs)) if c != 1), len(scales))
         tokens, ctx = self.run(state, scales, pruning=pruning, generator=rng,
                                cfg_off_last=max(cfg_off_last, unguided_tail), timed=timed)
         images = self.decode(state.summed_codes).add(1).div(2)
@@ -181,7 +182,3 @@ class InfinityPipeline(Pipeline):
             raise FastVARError(f"{what} must be a string or a non-empty list of strings")
         return self.text_encoder(prompts)
 
-
-def _values(value) -> list:
-    """The values of a per-step argument given as one value or a sequence."""
-    return list(value) if isinstance(value, (list, tuple)) else [value]
