@@ -43,8 +43,8 @@ def load_from_args(args: argparse.Namespace):
 
     backbone, config = split_model(args.model)
     if backbone == "demo":
-        given = [f"--{n.replace('_', '-')}" for n in ("config", "vae", "transformer", "text_encoder", "random_weights")
-                 if getattr(args, n)]
+        flags = ("config", "vae", "transformer", "text_encoder", "text_encoder_device", "random_weights")
+        given = [f"--{n.replace('_', '-')}" for n in flags if getattr(args, n)]
         if given:
             raise FastVARError(f"--model demo is the built-in demo model: it takes no {', '.join(given)}")
         pipe = load_pipeline("demo", device=args.device, dtype=_dtype(args.dtype))
@@ -56,10 +56,8 @@ def load_from_args(args: argparse.Namespace):
     extra = {"random_weights": True} if args.random_weights else {}
     if args.text_encoder:
         extra["text_encoder"] = args.text_encoder
-        if args.text_encoder_device:
-            extra["text_encoder_device"] = args.text_encoder_device
-    elif args.text_encoder_device:
-        raise FastVARError("--text-encoder-device needs --text-encoder")
+    if args.text_encoder_device:
+        extra["text_encoder_device"] = args.text_encoder_device
     pipe = load_pipeline(backbone, vae=args.vae, transformer=args.transformer, config=config, device=args.device,
                          dtype=_dtype(args.dtype), **extra)
     pipe.set_progress_bar_config(disable=args.quiet)
