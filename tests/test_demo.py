@@ -2,6 +2,8 @@
 the training path (VAE loss, teacher-forced transformer with autograd) is the inference model's."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,12 @@ def test_var_training_path_and_export_load(tmp_path):
     out = pipe(class_labels=[0, 2], seed=0, top_k=0, top_p=0.0, output_type="pt", pruning="0.5,1")
     assert out.images.shape == (2, 3, 64, 64) and out.stats["skipped_steps"] == [9]
     assert pipe.spec.image_size == 64
+
+
+def test_bench_reports_the_demo_image_size(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--warmup", "0", "--repeats", "1", "--quiet", "--out", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    # the 0.06M schedule 1, 2, 4, 6, 8, 12, 16 (521 tokens); patch 4 -> 64 px images
+    assert result["label"].startswith("64px") and result["tokens_forwarded"] == 521
+    assert result["weights_mb"]["text_encoder"] > 0  # the demo's byte-level encoder is counted

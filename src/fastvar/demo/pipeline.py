@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..backbones.infinity import schedules
 from ..backbones.infinity.config import InfinityModelSpec, load_spec
 from ..backbones.infinity.model import Infinity
 from ..backbones.infinity.pipeline import INFINITY_DERIVED, InfinityPipeline
@@ -43,8 +44,10 @@ class DemoPipeline(InfinityPipeline):
         return super().__call__(prompts, **kwargs)
 
     def bench_config(self, batch: int, resolution: int | None, text_tokens: int = 12) -> dict:
+        """``resolution`` names an Infinity schedule (256 = 0.06M, the demo's own); the report gives the image side
+        (the demo's VAE has patch 4: 64 px at 0.06M)."""
         cfg = super().bench_config(batch, resolution or 256, text_tokens)
-        cfg["kwargs"]["resolution"] = cfg["resolution"] = resolution or 256
+        cfg["resolution"] = schedules.scale_schedule(1.0, resolution or 256)[-1][1] * self.vae.cfg.patch_size
         return cfg
 
 
