@@ -155,7 +155,7 @@ def test_per_step_cfg_and_tau_lists(pipe, golden):
         state = pipe.model.prepare(text, SHORT, GRID, cfg=cfg, tau=tau, top_k=1, top_p=0.0, force_bits=forced)
         with recorded_logits(pipe.model) as logits:
             _, ctx = pipe.run(state, SHORT, pruning=None, generator=make_generator(0, "cpu"),
-                              cfg_off_last=next(i for i, c in enumerate(reversed(state.cfg)) if c != 1))
+                              cfg_off_last=state.unguided_tail)
         return logits, ctx.stats()
 
     cfg_list = [1.0, 4.0, 1.0, 4.0, 1.0, 4.0, 1.0]

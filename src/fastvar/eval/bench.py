@@ -3,8 +3,9 @@
 What is timed: the whole pipeline call (``total_ms``: conditioning, the next-scale loop, VAE decode) after ``warmup``
 untimed calls, synchronised before and after, and inside it the transformer loop alone (``loop_ms``: the sum of the
 per-step times, taken with CUDA events on a GPU so that nothing synchronises inside the loop). ``other_ms = total_ms -
-loop_ms`` is text encoding, sampling set-up and VAE decode (the paper's numbers exclude those). Work is counted from what actually ran (tokens forwarded per layer, keys attended), so
-pruned and skipped steps count less: ``transformer_tflop`` and ``achieved_tflops`` = work / loop time.
+loop_ms`` is text encoding, sampling set-up and VAE decode (the paper's numbers exclude those). Work is counted from
+what actually ran (tokens forwarded per layer, keys attended), so pruned and skipped steps count less:
+``transformer_tflop`` and ``achieved_tflops`` = work / loop time.
 """
 from __future__ import annotations
 

@@ -250,6 +250,11 @@ class InfinityState:
     force_bits: Sequence[torch.Tensor] | None = None  # official gt_leak/gt_ls_Bl: bits that replace the samples
     summed_codes: torch.Tensor | None = None  # (B, d, H, W) running sum of upsampled codes on the last latent grid
 
+    @property
+    def unguided_tail(self) -> int:
+        """Trailing steps whose cfg is 1: they need no unconditional rows (the loop's ``cfg_off_last``)."""
+        return next((i for i, c in enumerate(reversed(self.cfg)) if c != 1), len(self.cfg))
+
 
 class Infinity(nn.Module):
     def __init__(self, cfg: InfinityConfig, vae: InfinityVAE):

@@ -116,8 +116,8 @@ class InfinityPipeline(Pipeline):
         Official settings: Infinity-2B cfg 3 (notebook) or 4 (``infer.sh``), tau 0.5; Infinity-8B cfg 3, tau 1.0;
         top_k 900, top_p 0.97 everywhere. ``cfg`` and ``tau`` take one value or one per scale step (the official
         ``cfg_list``/``tau_list``); a step with cfg 1 samples the conditional logits, and trailing such steps forward
-        only the conditional rows (as ``cfg_off_last``). The schedule is the template nearest to ``h_div_w`` at ``resolution``
-        (256/512/768/1024 or "0.06M"/"0.25M"/"0.60M"/"1M"; zero-shot 1344/1664/2048, see ``schedules``), or
+        only the conditional rows (as ``cfg_off_last``). The schedule is the template nearest to ``h_div_w`` at
+        ``resolution`` (256/512/768/1024 or "0.06M"/"0.25M"/"0.60M"/"1M"; zero-shot 1344/1664/2048, see ``schedules``), or
         ``scale_schedule`` given as (h, w) token grids (a prefix of a template's list; it overrides ``h_div_w`` and
         ``resolution``).
         Returns RGB images; ``tokens`` are the sampled bits (B, h*w, d) uint8 of every computed step, and
@@ -145,9 +145,8 @@ class InfinityPipeline(Pipeline):
         rng = resolve_generator(seed, generator, self.device)
         state = self.model.prepare(text, scales, schedules.rope_grid(template), negative=negative, cfg=cfgs, tau=taus,
                                    top_k=top_k, top_p=top_p)
-        unguided_tail = next((i for i, c in enumerate(reversed(cfgs)) if c != 1), len(scales))
         tokens, ctx = self.run(state, scales, pruning=pruning, generator=rng,
-                               cfg_off_last=max(cfg_off_last, unguided_tail), timed=timed)
+                               cfg_off_last=max(cfg_off_last, state.unguided_tail), timed=timed)
         images = self.decode(state.summed_codes).add(1).div(2)
         out = self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens)
         out.stats.update(h_div_w_template=template, scale_schedule=[list(s) for s in scales])
@@ -181,4 +180,3 @@ class InfinityPipeline(Pipeline):
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise FastVARError(f"{what} must be a string or a non-empty list of strings")
         return self.text_encoder(prompts)
-
