@@ -21,7 +21,7 @@ python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
 # Groups in priority order (a run stopped at its time limit still returns the finished groups' files); name groups
 # after OUTDIR to run only those, e.g. scripts/bench_gpu.sh OUT resolutions guidance.
 groups=${*:2}
-groups=${groups:-"infinity-1024 hart var infinity-2048 resolutions infinity-1344 guidance"}
+groups=${groups:-"infinity-1024 hart var infinity-2048 resolutions infinity-1344 guidance loading"}
 for group in $groups; do
     case $group in
     infinity-1024)  # Infinity-2B 1024²: baseline, the paper preset, candidates for the best preset (target >= 4x)
@@ -43,6 +43,9 @@ for group in $groups; do
     guidance)  # guidance off at the last steps, alone and with the paper preset; its table goes into gpu.txt
         bench --model infinity-2b --resolutions 1024 --pruning "none|infinity-paper" --cfg-off-last 0,2,4 --warmup 1 \
             --repeats 3 >> "$out/gpu.txt" ;;
+    loading)  # device peak of loading a bf16 Infinity-2B checkpoint into bf16 blocks (writes 4.4 GB under /tmp)
+        python3 scripts/load_peak.py --config infinity-2b --checkpoint-dtype bf16 --dtype bf16 --device cuda \
+            --dir /tmp/fastvar_ckpt >> "$out/gpu.txt" || { failed=1; echo "FAILED: load_peak" | tee -a "$out/gpu.txt" >&2; } ;;
     *) echo "unknown group $group" >&2; failed=1 ;;
     esac
 done

@@ -364,6 +364,18 @@ def test_defaults_schedules_and_seeds(pipe, golden):
     assert small.images.shape == (1, 64, 64, 3)
 
 
+def test_bfloat16_load_rounds_the_transformer_once_and_keeps_the_diffusion_head(golden):
+    """dtype=bfloat16: every transformer weight is the checkpoint's rounded to bfloat16, except the diffusion head,
+    which keeps the checkpoint's float32 values (never rounded on the way)."""
+    pipe = load_pipeline("hart", vae=golden.root / "tokenizer", transformer=golden.root / "llm", dtype=torch.bfloat16)
+    sd = torch.load(golden.root / "llm" / "ema_model.bin", map_location="cpu", weights_only=True)
+    params = dict(pipe.model.named_parameters())
+    assert any(name.startswith("diffloss.") for name in params)
+    for name, param in params.items():
+        want = sd[name] if name.startswith("diffloss.") else sd[name].to(torch.bfloat16)
+        assert param.dtype == want.dtype and torch.equal(param, want), name
+
+
 def test_random_weights_and_bfloat16(golden):
     pipe = HARTPipeline.from_files(random_weights=True, config=golden.root / "llm" / "config.json",
                                    dtype=torch.bfloat16)

@@ -318,6 +318,22 @@ def test_zero_shot_1344_non_square_with_its_preset(pipe, golden):
     assert torch.equal(out.tokens[0], plain.tokens[0])
 
 
+def test_bf16_load_rounds_only_the_blocks(golden):
+    """dtype=bfloat16 (the official ``--bf16 1``): block weights are the checkpoint's rounded to bfloat16, text
+    pooling, embeddings and head keep the checkpoint's float32 values."""
+    root = golden.root
+    pipe16 = load_pipeline("infinity", vae=root / "vae.pth", transformer=root / "infinity.pth",
+                           config=root / "config.json", dtype=torch.bfloat16)
+    sd = torch.load(root / "infinity.pth", map_location="cpu", weights_only=True)
+    blocks = 0
+    for name, param in pipe16.model.named_parameters():
+        in_block = name.startswith(("blocks.", "block_chunks."))
+        blocks += in_block
+        want = sd[name].to(torch.bfloat16) if in_block else sd[name]
+        assert param.dtype == want.dtype and torch.equal(param, want), name
+    assert 0 < blocks < len(sd)
+
+
 def test_bf16_pipeline_decodes_under_bf16_autocast(pipe, golden):
     """With bfloat16 blocks the VAE decode runs as the official ``gen_one_img`` runs it, inside bfloat16 autocast
     (convolutions in bfloat16): float32 images close to, but not equal to, the float32 decode."""

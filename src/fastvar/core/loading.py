@@ -4,7 +4,8 @@ Official files are read unchanged (``.pth``/``.bin`` with ``weights_only=True``,
 sharded safetensors with an index). Loading is strict: every model key must be present with its shape, and every
 checkpoint key must be used, except keys the caller names as derived buffers (recomputed by fastvar) or as
 belonging to something we do not run (a GAN discriminator). Models are built on the meta device and the tensors are
-assigned, so a 2B model costs no random initialisation.
+assigned, so a 2B model costs no random initialisation, then moved to the device one tensor at a time in its final
+dtype.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch import nn
 from ..errors import CheckpointError
 
 StateDict = dict[str, torch.Tensor]
+DtypeRule = torch.dtype | Callable[[str], torch.dtype]  # one dtype, or one per parameter name
 
 
 def read_state_dict(path: str | Path, *, what: str, unwrap: Iterable[str] = ()) -> StateDict:
@@ -106,15 +108,27 @@ def build_and_load(
     derived: Iterable[str] = (),
     hint: str = "",
     device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: DtypeRule = torch.float32,
 ) -> nn.Module:
-    """Build ``factory()`` on the meta device, strictly load ``sd`` into it, move to ``device``/``dtype``, eval mode."""
+    """Build ``factory()`` on the meta device, strictly load ``sd`` into it and move it to ``device`` and ``dtype``
+    (see ``move_parameters``: the device never holds more than the final weights plus one tensor), eval mode."""
     with torch.device("meta"):
         model = factory()
     expected = {k: v.shape for k, v in model.state_dict().items()}
     checked = check_state_dict(expected, sd, what=what, derived=derived, hint=hint)
     model.load_state_dict(checked, strict=True, assign=True)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return move_parameters(model, device, dtype).eval().requires_grad_(False)
+
+
+def move_parameters(model: nn.Module, device: torch.device | str, dtype: DtypeRule) -> nn.Module:
+    """Move the parameters to ``device`` one at a time, each in its dtype: ``dtype`` is one for all, or a function of
+    the parameter's name (bfloat16 blocks beside a float32 head). ``model.to(device, dtype)`` followed by casting
+    parts back would round those parts and hold the whole model in the first dtype; here a parameter already in
+    place is kept as it is (no copy) and the peak is the final weights plus one tensor."""
+    dtype_of = dtype if callable(dtype) else lambda name: dtype
+    for name, param in model.named_parameters():
+        param.data = param.data.to(device=device, dtype=dtype_of(name))
+    return model
 
 
 def release_hint(depth: int, width: int, releases: Mapping[str, tuple[int, int]], details: str = "",

@@ -15,7 +15,7 @@ import torch
 from ..backbones.infinity import schedules
 from ..backbones.infinity.config import InfinityModelSpec, load_spec
 from ..backbones.infinity.model import Infinity
-from ..backbones.infinity.pipeline import INFINITY_DERIVED, InfinityPipeline
+from ..backbones.infinity.pipeline import INFINITY_DERIVED, InfinityPipeline, weight_dtypes
 from ..backbones.infinity.vae import DERIVED_KEYS as VAE_DERIVED
 from ..backbones.infinity.vae import InfinityVAE
 from ..core.loading import build_and_load, read_state_dict
@@ -66,9 +66,8 @@ def load_demo(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
                          what="demo VAE", derived=VAE_DERIVED, device=device)
     model = build_and_load(lambda: Infinity(spec.infinity, vae),
                            read_state_dict(weights / "transformer.safetensors", what="demo transformer"),
-                           what="demo transformer", derived=INFINITY_DERIVED, device=device)
-    for block in model.blocks:
-        block.to(dtype)
+                           what="demo transformer", derived=INFINITY_DERIVED, device=device,
+                           dtype=weight_dtypes(dtype))
     text_cfg = ByteTextConfig(**config["text_encoder"])
     text = build_and_load(lambda: ByteTextEncoder(text_cfg),
                           read_state_dict(weights / "text_encoder.safetensors", what="demo text encoder"),

@@ -1,12 +1,12 @@
 """Text-to-image HART generation from the official checkpoint folders (``tokenizer/``, ``llm/``, a Qwen2 folder)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from ...core.loading import StateDict, build_and_load, read_state_dict, release_hint
+from ...core.loading import StateDict, build_and_load, move_parameters, read_state_dict, release_hint
 from ...core.sampling import check_sampling_args, make_generator
 from ...errors import CheckpointError, FastVARError
 from ...outputs import GenerationOutput, check_output_type
@@ -22,6 +22,11 @@ TRANSFORMER_FILES = ("ema_model.bin", "model.safetensors", "pytorch_model.bin") 
 TOKENIZER_DERIVED = [r"quantize\.ema_vocab_hit_SV"]
 DOUBLE_DECODER = [r"decoder2\..*", r"post_quant_conv2\..*"]  # training-only second decoder
 TRANSFORMER_DERIVED = [r"lvl_1L", r"attn_bias_for_masking", r"blocks\.\d+\.attn\.zero_k_bias"]
+
+
+def weight_dtypes(dtype: torch.dtype) -> Callable[[str], torch.dtype]:
+    """Per-parameter dtype of the transformer: ``dtype``, except the diffusion head, which stays float32."""
+    return lambda name: torch.float32 if name.startswith("diffloss.") else dtype
 
 
 def checkpoint_dir(path: str | Path, what: str) -> Path:
@@ -93,8 +98,8 @@ class HARTPipeline(Pipeline):
         3 GB in float16 for Qwen2-VL-1.5B) off the GPU.
 
         ``random_weights=True`` builds the architecture (``config``, default ``"hart-0.7b"``) with seeded random
-        weights instead (for benchmarks and smoke tests: the images are noise). The tokenizer stays float32, the
-        diffusion head too.
+        weights instead (for benchmarks and smoke tests: the images are noise). ``dtype`` applies to the transformer;
+        the tokenizer and the diffusion head stay float32 (the head's weights are never rounded to ``dtype``).
         """
         device = torch.device(device)
         if random_weights:
@@ -104,7 +109,7 @@ class HARTPipeline(Pipeline):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 tokenizer = HARTTokenizer(spec.tokenizer).to(device).eval().requires_grad_(False)
-                model = HARTForT2I(spec.transformer, tokenizer).to(device=device, dtype=dtype)
+                model = move_parameters(HARTForT2I(spec.transformer, tokenizer), device, weight_dtypes(dtype))
         else:
             if vae is None or transformer is None:
                 raise FastVARError("HART needs vae= (the tokenizer/ folder) and transformer= (the llm/ folder)")
@@ -120,8 +125,7 @@ class HARTPipeline(Pipeline):
             llm_sd = read_state_dict(llm_file, what="HART transformer")
             model = build_and_load(lambda: HARTForT2I(spec.transformer, tokenizer), llm_sd, what="HART transformer",
                                    derived=TRANSFORMER_DERIVED, hint=guess_release(llm_sd), device=device,
-                                   dtype=dtype)
-        model.diffloss.float()
+                                   dtype=weight_dtypes(dtype))
         model.eval().requires_grad_(False)
         encoder = None
         if text_encoder is not None:

@@ -1,12 +1,12 @@
 """Text-to-image Infinity generation from the official checkpoints (``tools/run_infinity.py gen_one_img``)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from ...core.loading import StateDict, build_and_load, read_state_dict, release_hint
+from ...core.loading import StateDict, build_and_load, move_parameters, read_state_dict, release_hint
 from ...core.sampling import check_sampling_args
 from ...errors import CheckpointError, FastVARError
 from ...outputs import GenerationOutput, check_output_type
@@ -22,6 +22,12 @@ from .vae import InfinityVAE
 # buffers the official code recomputes or pops in Infinity.load_state_dict
 INFINITY_DERIVED = [r".*zero_k_bias", r"lvl_1L", r"attn_bias_for_masking", r"Infinity_visible_kvlen",
                     r"Infinity_invisible_qlen"]
+
+
+def weight_dtypes(dtype: torch.dtype) -> Callable[[str], torch.dtype]:
+    """Per-parameter dtype of the transformer: ``dtype`` for the blocks (the official ``--bf16 1`` casts only them),
+    float32 for text pooling, embeddings and head."""
+    return lambda name: dtype if name.startswith(("blocks.", "block_chunks.")) else torch.float32
 
 
 def guess_release(sd: StateDict) -> str:
@@ -64,9 +70,7 @@ class InfinityPipeline(Pipeline):
                 torch.manual_seed(0)
                 bsq = InfinityVAE(spec.vae).eval().requires_grad_(False)
                 model = Infinity(spec.infinity, bsq).eval().requires_grad_(False)
-            for block in model.blocks:
-                block.to(dtype)
-            return cls(spec, bsq, model, device)
+            return cls(spec, bsq, move_parameters(model, device, weight_dtypes(dtype)), device)
         if vae is None or transformer is None:
             raise FastVARError("Infinity needs vae= (e.g. infinity_vae_d32reg.pth) and transformer= checkpoints")
         vae_sd = read_state_dict(vae, what="Infinity VAE", unwrap=("vae",))
@@ -78,9 +82,8 @@ class InfinityPipeline(Pipeline):
                              hint=hint, device=device)
         sd = read_state_dict(transformer, what="Infinity transformer")
         model = build_and_load(lambda: Infinity(spec.infinity, bsq), sd, what="Infinity transformer",
-                               derived=INFINITY_DERIVED, hint=guess_release(sd), device=device)
-        for block in model.blocks:
-            block.to(dtype)
+                               derived=INFINITY_DERIVED, hint=guess_release(sd), device=device,
+                               dtype=weight_dtypes(dtype))
         encoder = None
         if text_encoder is not None:
             encoder = T5TextEncoder(text_encoder, device=text_encoder_device or device)
