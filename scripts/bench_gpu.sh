@@ -21,7 +21,7 @@ python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
 # Groups in priority order (a run stopped at its time limit still returns the finished groups' files); name groups
 # after OUTDIR to run only those, e.g. scripts/bench_gpu.sh OUT resolutions guidance.
 groups=${*:2}
-groups=${groups:-"infinity-1024 hart var infinity-2048 resolutions infinity-1344 guidance loading"}
+groups=${groups:-"infinity-1024 hart var infinity-2048 resolutions infinity-1344 guidance loading int8"}
 for group in $groups; do
     case $group in
     infinity-1024)  # Infinity-2B 1024²: baseline, the paper preset, candidates for the best preset (target >= 4x)
@@ -46,6 +46,9 @@ for group in $groups; do
     loading)  # device peak of loading a bf16 Infinity-2B checkpoint into bf16 blocks (writes 4.4 GB under /tmp)
         python3 scripts/load_peak.py --config infinity-2b --checkpoint-dtype bf16 --dtype bf16 --device cuda \
             --dir /tmp/fastvar_ckpt >> "$out/gpu.txt" || { failed=1; echo "FAILED: load_peak" | tee -a "$out/gpu.txt" >&2; } ;;
+    int8)  # int8 block weights: speed and memory of Infinity-2B 1024², alone and with the paper preset
+        bench --model infinity-2b --resolutions 1024 --pruning "none|infinity-paper" --quantize int8 --warmup 1 \
+            --repeats 3 --out "$out/infinity_1024_int8.json" ;;
     *) echo "unknown group $group" >&2; failed=1 ;;
     esac
 done

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .core.quantize import QUANTIZATIONS
 from .errors import FastVARError
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -47,7 +48,7 @@ def load_from_args(args: argparse.Namespace):
         given = [f"--{n.replace('_', '-')}" for n in flags if getattr(args, n)]
         if given:
             raise FastVARError(f"--model demo is the built-in demo model: it takes no {', '.join(given)}")
-        pipe = load_pipeline("demo", device=args.device, dtype=_dtype(args.dtype))
+        pipe = load_pipeline("demo", device=args.device, dtype=_dtype(args.dtype), quantize=args.quantize)
         pipe.set_progress_bar_config(disable=args.quiet)
         return backbone, pipe
     config = args.config or config
@@ -59,7 +60,7 @@ def load_from_args(args: argparse.Namespace):
     if args.text_encoder_device:
         extra["text_encoder_device"] = args.text_encoder_device
     pipe = load_pipeline(backbone, vae=args.vae, transformer=args.transformer, config=config, device=args.device,
-                         dtype=_dtype(args.dtype), **extra)
+                         dtype=_dtype(args.dtype), quantize=args.quantize, **extra)
     pipe.set_progress_bar_config(disable=args.quiet)
     return backbone, pipe
 
@@ -183,8 +184,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .eval.runner import evaluate, image_grid, markdown_table
     from .pruning import resolve_pruning
 
-    backbone, pipe = load_from_args(args)
-    pipe.set_progress_bar_config(disable=True)
+    backbone, pipe = load_from_args(argparse.Namespace(**{**vars(args), "quantize": None}))  # the reference
+    variant_pipe = load_from_args(args)[1] if args.quantize else None  # variants on int8 weights
+    for p in (pipe, variant_pipe or pipe):
+        p.set_progress_bar_config(disable=True)
     conds = conditions(backbone, args)
     if not conds:
         raise FastVARError("fastvar eval needs at least one --class (or prompt)")
@@ -193,7 +196,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     seeds = _seeds(args.seeds)
     report = lambda i, n: print(f"\r{i}/{n} runs", end="", file=sys.stderr, flush=True)  # noqa: E731
     rows, grid = evaluate(pipe, conds, seeds, variants, progress=None if args.quiet else report,
-                          grid_images=args.grid_rows if args.grid else 0, **sampling_kwargs(backbone, args))
+                          grid_images=args.grid_rows if args.grid else 0, variant_pipe=variant_pipe,
+                          **sampling_kwargs(backbone, args))
     print(file=sys.stderr)
     table = markdown_table(rows)
     print(table)
@@ -231,11 +235,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
                 configs.append(cfg)
     results = run_bench(pipe, configs, warmup=args.warmup, repeats=args.repeats, peak_tflops=args.peak_tflops)
     device = torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"{args.model} on {device}, dtype {args.dtype}, warm runs: {args.warmup} warm-up + {args.repeats} timed")
+    weights = f"dtype {args.dtype}" + (f", {args.quantize} block weights" if args.quantize else "")
+    print(f"{args.model} on {device}, {weights}, warm runs: {args.warmup} warm-up + {args.repeats} timed")
     print(format_results(results))
     if args.out:
-        Path(args.out).write_text(json.dumps({"model": args.model, "device": device, "dtype": args.dtype,
-                                              "torch": torch.__version__, "results": results}, indent=1, default=str))
+        report = {"model": args.model, "device": device, "dtype": args.dtype, "quantize": args.quantize,
+                  "torch": torch.__version__, "results": results}
+        Path(args.out).write_text(json.dumps(report, indent=1, default=str))
     if args.plot:
         plot(results, args.plot)
 
@@ -275,6 +281,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tau", type=float, help="Infinity logit temperature (official 0.5 for 2B, 1.0 for 8B)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="fp32")
+    p.add_argument("--quantize", choices=QUANTIZATIONS, help="keep the transformer blocks' linear weights in int8 "
+                   "(half the bf16 weight memory; not exact, see docs/fidelity.md)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -298,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(e)
     e.add_argument("--seeds", default="0-3", help="seed range 0-63 or list 0,1,2")
     e.add_argument("--schedules", required=True,
-                   help="'|'-separated presets or schedule strings, e.g. 'infinity-paper|0.5,1|0.4,0.5;granularity=block'")
+                   help="'|'-separated presets or schedule strings, e.g. 'infinity-paper|0.5,1|0.4,0.5;granularity=block'"
+                        "; with --quantize int8 they (and 'none') run on int8 weights against the full-precision "
+                        "baseline")
     e.add_argument("--cfg-off-last", default="0", metavar="N[,N...]",
                    help="also turn guidance off at the last N scale steps (each value crossed with each schedule; "
                         "the baseline stays guided), e.g. 0,2")
@@ -343,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastvar: error: {exc}", file=sys.stderr)
         return 2
     except torch.cuda.OutOfMemoryError:
-        print("fastvar: error: out of GPU memory; try a smaller batch or resolution, --pruning, or --dtype bf16",
-              file=sys.stderr)
+        print("fastvar: error: out of GPU memory; try a smaller batch or resolution, --pruning, --dtype bf16, "
+              "--text-encoder-device cpu or --quantize int8", file=sys.stderr)
         return 3
     return 0
 

@@ -82,7 +82,8 @@ def check_device(device: str | torch.device) -> None:
 
 
 def load_pipeline(backbone: str, **kwargs) -> Pipeline:
-    """Load a pipeline: ``load_pipeline("var", vae=..., transformer=..., config="var-d16", device=..., dtype=...)``.
+    """Load a pipeline: ``load_pipeline("var", vae=..., transformer=..., config="var-d16", device=..., dtype=...)``;
+    ``quantize="int8"`` keeps the transformer blocks' linear weights in int8 (half the bf16 memory; not exact).
 
     ``load_pipeline("demo")`` loads the built-in demo model (weights inside the package, no paths)."""
     check_device(kwargs.get("device", "cpu"))
@@ -108,10 +109,11 @@ def load_pipeline(backbone: str, **kwargs) -> Pipeline:
     if backbone == "demo":
         from .demo.pipeline import load_demo
 
-        extra = sorted(k for k, v in kwargs.items() if k not in ("device", "dtype", "folder") and v not in (None, False))
+        own = ("device", "dtype", "folder", "quantize")
+        extra = sorted(k for k, v in kwargs.items() if k not in own and v not in (None, False))
         if extra:
             raise FastVARError(f"the built-in demo model takes no {', '.join(extra)} (its weights ship with fastvar)")
-        return load_demo(**{k: v for k, v in kwargs.items() if k in ("device", "dtype", "folder")})
+        return load_demo(**{k: v for k, v in kwargs.items() if k in own})
     raise FastVARError(f"unknown or not yet supported backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
 
 

@@ -6,6 +6,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def in_blocks(name: str) -> bool:
+    """Whether a parameter or module name of a transformer lies in its blocks (``blocks.i``, or Infinity's
+    ``block_chunks.k.module.j``)."""
+    return name.startswith(("blocks.", "block_chunks."))
+
+
 def weight_dtype_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """A linear layer in its weight's dtype (bfloat16 blocks take float32 activations, like autocast)."""
     return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)

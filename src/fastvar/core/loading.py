@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .quantize import quantize_linears
 
 StateDict = dict[str, torch.Tensor]
 DtypeRule = torch.dtype | Callable[[str], torch.dtype]  # one dtype, or one per parameter name
@@ -109,25 +110,30 @@ def build_and_load(
     hint: str = "",
     device: torch.device | str = "cpu",
     dtype: DtypeRule = torch.float32,
+    quantize: Callable[[str], bool] | None = None,
 ) -> nn.Module:
     """Build ``factory()`` on the meta device, strictly load ``sd`` into it and move it to ``device`` and ``dtype``
-    (see ``move_parameters``: the device never holds more than the final weights plus one tensor), eval mode."""
+    (see ``move_parameters``: the device never holds more than the final weights plus one tensor), eval mode.
+    ``quantize`` selects, by qualified name, the linear layers to store in int8 (``fastvar.core.quantize``)."""
     with torch.device("meta"):
         model = factory()
     expected = {k: v.shape for k, v in model.state_dict().items()}
     checked = check_state_dict(expected, sd, what=what, derived=derived, hint=hint)
     model.load_state_dict(checked, strict=True, assign=True)
+    if quantize is not None:
+        quantize_linears(model, quantize, device)
     return move_parameters(model, device, dtype).eval().requires_grad_(False)
 
 
 def move_parameters(model: nn.Module, device: torch.device | str, dtype: DtypeRule) -> nn.Module:
-    """Move the parameters to ``device`` one at a time, each in its dtype: ``dtype`` is one for all, or a function of
-    the parameter's name (bfloat16 blocks beside a float32 head). ``model.to(device, dtype)`` followed by casting
-    parts back would round those parts and hold the whole model in the first dtype; here a parameter already in
-    place is kept as it is (no copy) and the peak is the final weights plus one tensor."""
+    """Move the parameters to ``device`` one at a time, each floating one in its dtype: ``dtype`` is one for all, or
+    a function of the parameter's name (bfloat16 blocks beside a float32 head). ``model.to(device, dtype)`` followed
+    by casting parts back would round those parts and hold the whole model in the first dtype; here a parameter
+    already in place is kept as it is (no copy) and the peak is the final weights plus one tensor."""
     dtype_of = dtype if callable(dtype) else lambda name: dtype
     for name, param in model.named_parameters():
-        param.data = param.data.to(device=device, dtype=dtype_of(name))
+        target = dtype_of(name) if param.is_floating_point() else param.dtype  # int8 weights stay int8
+        param.data = param.data.to(device=device, dtype=target)
     return model
 
 

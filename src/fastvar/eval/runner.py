@@ -58,13 +58,16 @@ class ScheduleResult:
 
 
 def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: dict[str, dict], *, progress=None,
-             grid_images: int = 0, **call_kwargs) -> tuple[list[dict], list[list[Image.Image]]]:
+             grid_images: int = 0, variant_pipe=None, **call_kwargs) -> tuple[list[dict], list[list[Image.Image]]]:
     """Run every (condition, seed) unaccelerated and under each variant; returns summary rows and image rows for a
     grid.
 
     ``conditions`` are keyword dicts for one image each (``{"class_labels": [207]}`` or ``{"prompts": ["a cat"]}``);
     ``variants`` map a name to the call arguments that accelerate (``{"pruning": ..., "cfg_off_last": ...}``).
+    ``variant_pipe`` (e.g. the same model with int8 weights) runs the variants instead of ``pipe``, which still
+    makes the reference.
     """
+    variant_pipe = variant_pipe or pipe
     depth = len(pipe.model.blocks)
     base = ScheduleResult("none (baseline)")
     results = {name: ScheduleResult(name) for name in variants}
@@ -75,7 +78,8 @@ def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: d
         _record(base, ref, depth)
         row = format_images(ref.images, "pil")[:1] if i < grid_images else None
         for name, variant in variants.items():
-            out = pipe(**cond, seed=seed, **variant, output_type="pt", return_tokens=True, timed=True, **call_kwargs)
+            out = variant_pipe(**cond, seed=seed, **variant, output_type="pt", return_tokens=True, timed=True,
+                               **call_kwargs)
             r = results[name]
             _record(r, out, depth)
             r.psnr += psnr(out.images, ref.images).tolist()

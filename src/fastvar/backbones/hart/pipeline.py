@@ -7,11 +7,13 @@ from pathlib import Path
 import torch
 
 from ...core.loading import StateDict, build_and_load, move_parameters, read_state_dict, release_hint
+from ...core.quantize import check_quantize, quantize_linears
 from ...core.sampling import check_sampling_args, make_generator
 from ...errors import CheckpointError, FastVARError
 from ...outputs import GenerationOutput, check_output_type
 from ...pipeline import Pipeline, resolve_generator
 from ...pruning import PruningSchedule
+from ..common import in_blocks
 from .config import CONFIGS, PATCH_NUMS_1024, HARTModelSpec, load_spec
 from .model import HARTForT2I
 from .text import Qwen2TextEncoder, context_position_ids
@@ -90,7 +92,8 @@ class HARTPipeline(Pipeline):
     def from_files(cls, vae: str | Path | None = None, transformer: str | Path | None = None,
                    config: str | Path | dict | None = None, text_encoder: str | Path | None = None,
                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                   random_weights: bool = False, text_encoder_device: str | torch.device | None = None) -> HARTPipeline:
+                   random_weights: bool = False, text_encoder_device: str | torch.device | None = None,
+                   quantize: str | None = None) -> HARTPipeline:
         """Load the release folders strictly: ``vae`` = ``tokenizer/`` (``pytorch_model.bin`` or
         ``model.safetensors``), ``transformer`` = ``llm/`` (``ema_model.bin``, as sample.py), ``text_encoder`` = the
         Qwen2 folder (optional: without it pass ``prompt_embeds``). ``config=None`` reads the folders' config.json.
@@ -100,7 +103,9 @@ class HARTPipeline(Pipeline):
         ``random_weights=True`` builds the architecture (``config``, default ``"hart-0.7b"``) with seeded random
         weights instead (for benchmarks and smoke tests: the images are noise). ``dtype`` applies to the transformer;
         the tokenizer and the diffusion head stay float32 (the head's weights are never rounded to ``dtype``).
+        ``quantize="int8"``: the blocks' linear layers keep int8 weights (``fastvar.core.quantize``; not exact).
         """
+        quantized = check_quantize(quantize)
         device = torch.device(device)
         if random_weights:
             if vae is not None or transformer is not None or text_encoder is not None:
@@ -109,7 +114,10 @@ class HARTPipeline(Pipeline):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 tokenizer = HARTTokenizer(spec.tokenizer).to(device).eval().requires_grad_(False)
-                model = move_parameters(HARTForT2I(spec.transformer, tokenizer), device, weight_dtypes(dtype))
+                model = HARTForT2I(spec.transformer, tokenizer)
+            if quantized:
+                quantize_linears(model, in_blocks, device)
+            model = move_parameters(model, device, weight_dtypes(dtype))
         else:
             if vae is None or transformer is None:
                 raise FastVARError("HART needs vae= (the tokenizer/ folder) and transformer= (the llm/ folder)")
@@ -125,7 +133,7 @@ class HARTPipeline(Pipeline):
             llm_sd = read_state_dict(llm_file, what="HART transformer")
             model = build_and_load(lambda: HARTForT2I(spec.transformer, tokenizer), llm_sd, what="HART transformer",
                                    derived=TRANSFORMER_DERIVED, hint=guess_release(llm_sd), device=device,
-                                   dtype=weight_dtypes(dtype))
+                                   dtype=weight_dtypes(dtype), quantize=in_blocks if quantized else None)
         model.eval().requires_grad_(False)
         encoder = None
         if text_encoder is not None:

@@ -7,11 +7,13 @@ from pathlib import Path
 import torch
 
 from ...core.loading import StateDict, build_and_load, move_parameters, read_state_dict, release_hint
+from ...core.quantize import check_quantize, quantize_linears
 from ...core.sampling import check_sampling_args
 from ...errors import CheckpointError, FastVARError
 from ...outputs import GenerationOutput, check_output_type
 from ...pipeline import Pipeline, resolve_generator
 from ...pruning import PruningSchedule
+from ..common import in_blocks
 from . import schedules
 from .config import CONFIGS, InfinityModelSpec, load_spec
 from .model import Infinity, per_step
@@ -27,7 +29,7 @@ INFINITY_DERIVED = [r".*zero_k_bias", r"lvl_1L", r"attn_bias_for_masking", r"Inf
 def weight_dtypes(dtype: torch.dtype) -> Callable[[str], torch.dtype]:
     """Per-parameter dtype of the transformer: ``dtype`` for the blocks (the official ``--bf16 1`` casts only them),
     float32 for text pooling, embeddings and head."""
-    return lambda name: dtype if name.startswith(("blocks.", "block_chunks.")) else torch.float32
+    return lambda name: dtype if in_blocks(name) else torch.float32
 
 
 def guess_release(sd: StateDict) -> str:
@@ -48,8 +50,8 @@ class InfinityPipeline(Pipeline):
     def from_files(cls, vae: str | Path | None = None, transformer: str | Path | None = None,
                    config: str | Path | dict = "infinity-2b", text_encoder: str | Path | None = None,
                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                   random_weights: bool = False, text_encoder_device: str | torch.device | None = None
-                   ) -> InfinityPipeline:
+                   random_weights: bool = False, text_encoder_device: str | torch.device | None = None,
+                   quantize: str | None = None) -> InfinityPipeline:
         """Load the BSQ-VAE, the transformer and (optionally) a local T5 folder (Flan-T5-XL for the releases).
 
         ``dtype`` applies to the transformer blocks (the official ``--bf16 1`` casts the blocks to bfloat16); text
@@ -57,8 +59,10 @@ class InfinityPipeline(Pipeline):
         autocast (see ``decode``). Use float32 on CPU. ``random_weights=True`` builds the
         architecture with seeded random weights (benchmarks; images are noise). ``text_encoder_device``: where the
         T5 encoder runs (default ``device``); ``"cpu"`` keeps its weights (about 2.4 GB in float16 for Flan-T5-XL's
-        encoder) off the GPU.
+        encoder) off the GPU. ``quantize="int8"``: the blocks' linear layers keep int8 weights
+        (``fastvar.core.quantize``; not exact).
         """
+        quantized = check_quantize(quantize)
         if dtype not in (torch.float32, torch.bfloat16):
             raise FastVARError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
         spec = load_spec(config)
@@ -70,6 +74,8 @@ class InfinityPipeline(Pipeline):
                 torch.manual_seed(0)
                 bsq = InfinityVAE(spec.vae).eval().requires_grad_(False)
                 model = Infinity(spec.infinity, bsq).eval().requires_grad_(False)
+            if quantized:
+                quantize_linears(model, in_blocks, device)
             return cls(spec, bsq, move_parameters(model, device, weight_dtypes(dtype)), device)
         if vae is None or transformer is None:
             raise FastVARError("Infinity needs vae= (e.g. infinity_vae_d32reg.pth) and transformer= checkpoints")
@@ -83,7 +89,7 @@ class InfinityPipeline(Pipeline):
         sd = read_state_dict(transformer, what="Infinity transformer")
         model = build_and_load(lambda: Infinity(spec.infinity, bsq), sd, what="Infinity transformer",
                                derived=INFINITY_DERIVED, hint=guess_release(sd), device=device,
-                               dtype=weight_dtypes(dtype))
+                               dtype=weight_dtypes(dtype), quantize=in_blocks if quantized else None)
         encoder = None
         if text_encoder is not None:
             encoder = T5TextEncoder(text_encoder, device=text_encoder_device or device)

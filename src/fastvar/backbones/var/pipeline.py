@@ -5,12 +5,14 @@ from pathlib import Path
 
 import torch
 
-from ...core.loading import StateDict, build_and_load, read_state_dict, release_hint
+from ...core.loading import StateDict, build_and_load, move_parameters, read_state_dict, release_hint
+from ...core.quantize import check_quantize, quantize_linears
 from ...core.sampling import check_sampling_args
 from ...errors import CheckpointError, FastVARError
 from ...outputs import GenerationOutput, check_output_type
 from ...pipeline import Pipeline, resolve_generator
 from ...pruning import PruningSchedule
+from ..common import in_blocks
 from .config import CONFIGS, VARModelSpec, load_spec
 from .model import VAR
 from .vqvae import VQVAE
@@ -35,12 +37,15 @@ class VARPipeline(Pipeline):
     @classmethod
     def from_files(cls, vae: str | Path | None = None, transformer: str | Path | None = None,
                    config: str | Path | dict = "var-d16", device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32, random_weights: bool = False) -> VARPipeline:
+                   dtype: torch.dtype = torch.float32, random_weights: bool = False,
+                   quantize: str | None = None) -> VARPipeline:
         """Load the official ``vae_ch160v4096z32.pth`` + ``var_dNN.pth`` (or safetensors) strictly.
 
         ``random_weights=True`` builds the architecture with seeded random weights instead (for benchmarks and smoke
-        tests: the images are noise).
+        tests: the images are noise). ``quantize="int8"``: the blocks' linear layers keep int8 weights
+        (``fastvar.core.quantize``; not exact).
         """
+        quantized = check_quantize(quantize)
         spec = load_spec(config)
         device = torch.device(device)
         if random_weights:
@@ -49,8 +54,10 @@ class VARPipeline(Pipeline):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 vqvae = VQVAE(spec.vae).to(device).eval().requires_grad_(False)
-                model = VAR(spec.var, vqvae).to(device=device, dtype=dtype).eval().requires_grad_(False)
-            return cls(spec, vqvae, model, device)
+                model = VAR(spec.var, vqvae).eval().requires_grad_(False)
+            if quantized:
+                quantize_linears(model, in_blocks, device)
+            return cls(spec, vqvae, move_parameters(model, device, dtype), device)
         if vae is None or transformer is None:
             raise FastVARError("VAR needs vae= (vae_ch160v4096z32.pth) and transformer= (var_dNN.pth) checkpoints")
         vae_sd = read_state_dict(vae, what="VAR VQ-VAE")
@@ -60,7 +67,8 @@ class VARPipeline(Pipeline):
                                device=device, dtype=torch.float32)
         var_sd = read_state_dict(transformer, what="VAR transformer")
         model = build_and_load(lambda: VAR(spec.var, vqvae), var_sd, what="VAR transformer", derived=VAR_DERIVED,
-                               hint=guess_release(var_sd), device=device, dtype=dtype)
+                               hint=guess_release(var_sd), device=device, dtype=dtype,
+                               quantize=in_blocks if quantized else None)
         return cls(spec, vqvae, model, device)
 
     def __call__(
