@@ -1,9 +1,14 @@
-"""Modules the backbones share (official ``SharedAdaLin``, ``AdaLNBeforeHead``, RMSNorm, the GELU FFN)."""
+"""What the backbones share: official modules (``SharedAdaLin``, ``AdaLNBeforeHead``, RMSNorm, the GELU FFN) and which
+parameters lie in the blocks (their dtype, int8 storage)."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..core.quantize import check_quantize
 
 
 def in_blocks(name: str) -> bool:
@@ -12,9 +17,16 @@ def in_blocks(name: str) -> bool:
     return name.startswith(("blocks.", "block_chunks."))
 
 
+def quantized_layers(quantize: str | None) -> Callable[[str], bool] | None:
+    """Which linear layers ``quantize`` stores in int8: those in the blocks for ``"int8"``, none for None."""
+    return in_blocks if check_quantize(quantize) else None
+
+
 def weight_dtype_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """A linear layer in its weight's dtype (bfloat16 blocks take float32 activations, like autocast)."""
-    return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
+    """A linear layer in its weight's dtype (bfloat16 blocks take float32 activations, like autocast). The weight is
+    read once: an ``Int8Linear`` expands it on each read."""
+    weight = layer.weight
+    return F.linear(x.to(weight.dtype), weight, layer.bias)
 
 
 class FFN(nn.Module):

@@ -113,23 +113,25 @@ def build_and_load(
     quantize: Callable[[str], bool] | None = None,
 ) -> nn.Module:
     """Build ``factory()`` on the meta device, strictly load ``sd`` into it and move it to ``device`` and ``dtype``
-    (see ``move_parameters``: the device never holds more than the final weights plus one tensor), eval mode.
-    ``quantize`` selects, by qualified name, the linear layers to store in int8 (``fastvar.core.quantize``)."""
+    (see ``move_parameters``: the device never holds more than the final weights plus one tensor; ``quantize``
+    too), eval mode."""
     with torch.device("meta"):
         model = factory()
     expected = {k: v.shape for k, v in model.state_dict().items()}
     checked = check_state_dict(expected, sd, what=what, derived=derived, hint=hint)
     model.load_state_dict(checked, strict=True, assign=True)
-    if quantize is not None:
-        quantize_linears(model, quantize, device)
-    return move_parameters(model, device, dtype).eval().requires_grad_(False)
+    return move_parameters(model, device, dtype, quantize).eval().requires_grad_(False)
 
 
-def move_parameters(model: nn.Module, device: torch.device | str, dtype: DtypeRule) -> nn.Module:
+def move_parameters(model: nn.Module, device: torch.device | str, dtype: DtypeRule,
+                    quantize: Callable[[str], bool] | None = None) -> nn.Module:
     """Move the parameters to ``device`` one at a time, each floating one in its dtype: ``dtype`` is one for all, or
     a function of the parameter's name (bfloat16 blocks beside a float32 head). ``model.to(device, dtype)`` followed
     by casting parts back would round those parts and hold the whole model in the first dtype; here a parameter
-    already in place is kept as it is (no copy) and the peak is the final weights plus one tensor."""
+    already in place is kept as it is (no copy) and the peak is the final weights plus one tensor. ``quantize``
+    selects, by qualified name, linear layers to store in int8 first (``fastvar.core.quantize``)."""
+    if quantize is not None:
+        quantize_linears(model, quantize, device)
     dtype_of = dtype if callable(dtype) else lambda name: dtype
     for name, param in model.named_parameters():
         target = dtype_of(name) if param.is_floating_point() else param.dtype  # int8 weights stay int8

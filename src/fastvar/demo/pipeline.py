@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..backbones.common import in_blocks
+from ..backbones.common import quantized_layers
 from ..backbones.infinity import schedules
 from ..backbones.infinity.config import InfinityModelSpec, load_spec
 from ..backbones.infinity.model import Infinity
@@ -20,7 +20,6 @@ from ..backbones.infinity.pipeline import INFINITY_DERIVED, InfinityPipeline, we
 from ..backbones.infinity.vae import DERIVED_KEYS as VAE_DERIVED
 from ..backbones.infinity.vae import InfinityVAE
 from ..core.loading import build_and_load, read_state_dict
-from ..core.quantize import check_quantize
 from ..errors import FastVARError
 from ..outputs import GenerationOutput
 from .text import ByteTextConfig, ByteTextEncoder
@@ -57,7 +56,7 @@ def load_demo(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
               folder: str | Path | None = None, quantize: str | None = None) -> DemoPipeline:
     """Build the demo pipeline from ``demo.json`` and ``weights/*.safetensors`` (the package's own by default);
     ``quantize="int8"`` as for Infinity."""
-    quantized = check_quantize(quantize)
+    int8_layers = quantized_layers(quantize)
     folder = Path(folder) if folder is not None else demo_folder()
     config_path, weights = folder / "demo.json", folder / "weights"
     if not config_path.is_file() or not (weights / "transformer.safetensors").is_file():
@@ -71,7 +70,7 @@ def load_demo(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
     model = build_and_load(lambda: Infinity(spec.infinity, vae),
                            read_state_dict(weights / "transformer.safetensors", what="demo transformer"),
                            what="demo transformer", derived=INFINITY_DERIVED, device=device,
-                           dtype=weight_dtypes(dtype), quantize=in_blocks if quantized else None)
+                           dtype=weight_dtypes(dtype), quantize=int8_layers)
     text_cfg = ByteTextConfig(**config["text_encoder"])
     text = build_and_load(lambda: ByteTextEncoder(text_cfg),
                           read_state_dict(weights / "text_encoder.safetensors", what="demo text encoder"),

@@ -7,13 +7,12 @@ from pathlib import Path
 import torch
 
 from ...core.loading import StateDict, build_and_load, move_parameters, read_state_dict, release_hint
-from ...core.quantize import check_quantize, quantize_linears
 from ...core.sampling import check_sampling_args, make_generator
 from ...errors import CheckpointError, FastVARError
 from ...outputs import GenerationOutput, check_output_type
 from ...pipeline import Pipeline, resolve_generator
 from ...pruning import PruningSchedule
-from ..common import in_blocks
+from ..common import quantized_layers
 from .config import CONFIGS, PATCH_NUMS_1024, HARTModelSpec, load_spec
 from .model import HARTForT2I
 from .text import Qwen2TextEncoder, context_position_ids
@@ -105,7 +104,7 @@ class HARTPipeline(Pipeline):
         the tokenizer and the diffusion head stay float32 (the head's weights are never rounded to ``dtype``).
         ``quantize="int8"``: the blocks' linear layers keep int8 weights (``fastvar.core.quantize``; not exact).
         """
-        quantized = check_quantize(quantize)
+        int8_layers = quantized_layers(quantize)
         device = torch.device(device)
         if random_weights:
             if vae is not None or transformer is not None or text_encoder is not None:
@@ -115,9 +114,7 @@ class HARTPipeline(Pipeline):
                 torch.manual_seed(0)
                 tokenizer = HARTTokenizer(spec.tokenizer).to(device).eval().requires_grad_(False)
                 model = HARTForT2I(spec.transformer, tokenizer)
-            if quantized:
-                quantize_linears(model, in_blocks, device)
-            model = move_parameters(model, device, weight_dtypes(dtype))
+            model = move_parameters(model, device, weight_dtypes(dtype), int8_layers)
         else:
             if vae is None or transformer is None:
                 raise FastVARError("HART needs vae= (the tokenizer/ folder) and transformer= (the llm/ folder)")
@@ -133,7 +130,7 @@ class HARTPipeline(Pipeline):
             llm_sd = read_state_dict(llm_file, what="HART transformer")
             model = build_and_load(lambda: HARTForT2I(spec.transformer, tokenizer), llm_sd, what="HART transformer",
                                    derived=TRANSFORMER_DERIVED, hint=guess_release(llm_sd), device=device,
-                                   dtype=weight_dtypes(dtype), quantize=in_blocks if quantized else None)
+                                   dtype=weight_dtypes(dtype), quantize=int8_layers)
         model.eval().requires_grad_(False)
         encoder = None
         if text_encoder is not None:

@@ -7,13 +7,12 @@ from pathlib import Path
 import torch
 
 from ...core.loading import StateDict, build_and_load, move_parameters, read_state_dict, release_hint
-from ...core.quantize import check_quantize, quantize_linears
 from ...core.sampling import check_sampling_args
 from ...errors import CheckpointError, FastVARError
 from ...outputs import GenerationOutput, check_output_type
 from ...pipeline import Pipeline, resolve_generator
 from ...pruning import PruningSchedule
-from ..common import in_blocks
+from ..common import in_blocks, quantized_layers
 from . import schedules
 from .config import CONFIGS, InfinityModelSpec, load_spec
 from .model import Infinity, per_step
@@ -62,7 +61,7 @@ class InfinityPipeline(Pipeline):
         encoder) off the GPU. ``quantize="int8"``: the blocks' linear layers keep int8 weights
         (``fastvar.core.quantize``; not exact).
         """
-        quantized = check_quantize(quantize)
+        int8_layers = quantized_layers(quantize)
         if dtype not in (torch.float32, torch.bfloat16):
             raise FastVARError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
         spec = load_spec(config)
@@ -74,9 +73,7 @@ class InfinityPipeline(Pipeline):
                 torch.manual_seed(0)
                 bsq = InfinityVAE(spec.vae).eval().requires_grad_(False)
                 model = Infinity(spec.infinity, bsq).eval().requires_grad_(False)
-            if quantized:
-                quantize_linears(model, in_blocks, device)
-            return cls(spec, bsq, move_parameters(model, device, weight_dtypes(dtype)), device)
+            return cls(spec, bsq, move_parameters(model, device, weight_dtypes(dtype), int8_layers), device)
         if vae is None or transformer is None:
             raise FastVARError("Infinity needs vae= (e.g. infinity_vae_d32reg.pth) and transformer= checkpoints")
         vae_sd = read_state_dict(vae, what="Infinity VAE", unwrap=("vae",))
@@ -89,7 +86,7 @@ class InfinityPipeline(Pipeline):
         sd = read_state_dict(transformer, what="Infinity transformer")
         model = build_and_load(lambda: Infinity(spec.infinity, bsq), sd, what="Infinity transformer",
                                derived=INFINITY_DERIVED, hint=guess_release(sd), device=device,
-                               dtype=weight_dtypes(dtype), quantize=in_blocks if quantized else None)
+                               dtype=weight_dtypes(dtype), quantize=int8_layers)
         encoder = None
         if text_encoder is not None:
             encoder = T5TextEncoder(text_encoder, device=text_encoder_device or device)

@@ -6,13 +6,12 @@ from pathlib import Path
 import torch
 
 from ...core.loading import StateDict, build_and_load, move_parameters, read_state_dict, release_hint
-from ...core.quantize import check_quantize, quantize_linears
 from ...core.sampling import check_sampling_args
 from ...errors import CheckpointError, FastVARError
 from ...outputs import GenerationOutput, check_output_type
 from ...pipeline import Pipeline, resolve_generator
 from ...pruning import PruningSchedule
-from ..common import in_blocks
+from ..common import quantized_layers
 from .config import CONFIGS, VARModelSpec, load_spec
 from .model import VAR
 from .vqvae import VQVAE
@@ -45,7 +44,7 @@ class VARPipeline(Pipeline):
         tests: the images are noise). ``quantize="int8"``: the blocks' linear layers keep int8 weights
         (``fastvar.core.quantize``; not exact).
         """
-        quantized = check_quantize(quantize)
+        int8_layers = quantized_layers(quantize)
         spec = load_spec(config)
         device = torch.device(device)
         if random_weights:
@@ -55,9 +54,7 @@ class VARPipeline(Pipeline):
                 torch.manual_seed(0)
                 vqvae = VQVAE(spec.vae).to(device).eval().requires_grad_(False)
                 model = VAR(spec.var, vqvae).eval().requires_grad_(False)
-            if quantized:
-                quantize_linears(model, in_blocks, device)
-            return cls(spec, vqvae, move_parameters(model, device, dtype), device)
+            return cls(spec, vqvae, move_parameters(model, device, dtype, int8_layers), device)
         if vae is None or transformer is None:
             raise FastVARError("VAR needs vae= (vae_ch160v4096z32.pth) and transformer= (var_dNN.pth) checkpoints")
         vae_sd = read_state_dict(vae, what="VAR VQ-VAE")
@@ -68,7 +65,7 @@ class VARPipeline(Pipeline):
         var_sd = read_state_dict(transformer, what="VAR transformer")
         model = build_and_load(lambda: VAR(spec.var, vqvae), var_sd, what="VAR transformer", derived=VAR_DERIVED,
                                hint=guess_release(var_sd), device=device, dtype=dtype,
-                               quantize=in_blocks if quantized else None)
+                               quantize=int8_layers)
         return cls(spec, vqvae, model, device)
 
     def __call__(
