@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from fastvar import load_pipeline
 from fastvar.cli import main
 from fastvar.eval.bench import token_linear_params, transformer_flops
 
@@ -50,6 +51,14 @@ def test_bench_cli_smoke(golden_var, tmp_path, capsys):
     assert rows[1]["stats"]["skipped_steps"] == [6]
     assert all(row["transformer_tflop"] > 0 and row["total_ms_median"] >= row["loop_ms_median"] for row in rows)
     assert "| config |" in capsys.readouterr().out
+    for row in rows:  # the stages partition the call: condition, loop (blocks + sampling), decode, rest
+        parts = [row[f"{k}_ms_median"] for k in ("condition", "blocks", "sampling", "decode")]
+        assert all(v > 0 for v in parts) and row["rest_ms_median"] > -0.01
+        assert row["blocks_ms_median"] + row["sampling_ms_median"] == pytest.approx(row["loop_ms_median"])
+        assert sum(parts) <= row["total_ms_median"] + 0.01
+        computed = [s for s in row["stats"]["steps"] if not s["skipped"]]
+        assert all(0 < s["blocks_ms"] <= s["ms"] for s in computed)
+        assert list(row["stats"]["stages_ms"]) == ["condition", "loop", "decode"]
 
 
 def test_weights_reported_are_the_checkpoints_tensors(golden_var, tmp_path):
@@ -82,3 +91,15 @@ def test_bench_infinity_random_weights_reports_pruned_work(golden_infinity, tmp_
     assert base["tokens_forwarded"] == 521
     assert pruned["tokens_forwarded"] == 1 + 4 + 16 + (3 * 36 + 22) / 4 + (3 * 64 + 32) / 4
     assert pruned["transformer_tflop"] < base["transformer_tflop"]
+    assert all(list(r["stats"]["stages_ms"]) == ["condition", "loop", "decode"] for r in (base, pruned))
+
+
+def test_untimed_calls_record_no_times(golden_hart):
+    pipe = load_pipeline("hart", vae=golden_hart.root / "tokenizer", transformer=golden_hart.root / "llm")
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt_embeds=golden_hart["inputs.context"], seed=0, scale_schedule=[1, 2], output_type="pt")
+    plain, timed = pipe(**kwargs), pipe(**kwargs, timed=True)
+    assert "stages_ms" not in plain.stats and all("ms" not in s for s in plain.stats["steps"])
+    assert list(timed.stats["stages_ms"]) == ["condition", "loop", "decode"]
+    assert all(0 < s["blocks_ms"] <= s["ms"] for s in timed.stats["steps"])
+    assert torch.equal(plain.images, timed.images)  # timing changes nothing

@@ -115,4 +115,8 @@ def test_cli_eval_compares_int8_against_the_full_precision_baseline(tmp_path):
     assert main(["bench", "--quantize", "int8", "--warmup", "0", "--repeats", "1", "--quiet", "--out", str(bench)]) == 0
     report = json.loads(bench.read_text())
     assert report["quantize"] == "int8"
+    plain = tmp_path / "plain.json"
+    assert main(["bench", "--warmup", "0", "--repeats", "1", "--quiet", "--out", str(plain)]) == 0
+    work = [json.loads(f.read_text())["results"][0]["transformer_tflop"] for f in (bench, plain)]
+    assert work[0] == work[1] > 0  # int8 weights do the same multiply-adds
     assert report["results"][0]["weights_mb"]["transformer"] < 10  # 16.1 MB of float32 transformer weights

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .core.context import GenerationContext
+from .core.context import GenerationContext, StageTimer
 from .core.loop import NextScaleModel, run_scales
 from .errors import FastVARError
 from .outputs import GenerationOutput, check_output_type, format_images
@@ -34,7 +34,7 @@ class Pipeline:
         pruning: None | str | PruningSchedule,
         generator: torch.Generator | None,
         cfg_off_last: int = 0,
-        timed: bool = False,
+        stages: StageTimer | None = None,
     ) -> tuple[list[torch.Tensor], GenerationContext]:
         """Run the shared next-scale loop over ``scales`` with the requested pruning (``state.B`` images).
 
@@ -42,21 +42,34 @@ class Pipeline:
         conditional rows (half their work). The unconditional rows never influence the conditional ones, so this is
         exactly guidance weight "off" at those steps (Infinity's ``cfg_list`` with 1 there), minus the wasted half.
         The KV and restoration caches are freed when the loop ends, before the backbone decodes: at 2048² they are
-        GBs, and the VAE decoder's own activations peak then."""
+        GBs, and the VAE decoder's own activations peak then. ``stages``: the call's timer (``stage_timer``; None:
+        untimed); the time until here is the ``condition`` stage, the loop and its set-up the ``loop`` stage, and an
+        enabled timer also times every step."""
+        stages = stages or self.stage_timer(False)
+        stages.mark("condition")
         schedule = resolve_pruning(pruning)
         pruner = schedule.pruner(len(scales), len(self.model.blocks)) if schedule is not None else None
         ctx = GenerationContext(scales, generator=generator, pruner=pruner, cfg_off_last=cfg_off_last,
-                                timed=timed, device=self.device)
+                                timed=stages.enabled, device=self.device)
         tokens = run_scales(self.model, state, ctx, progress=self.progress)
         ctx.kept_masks = kept_masks(ctx, rows=state.B)
         ctx.release()
+        stages.mark("loop")
         return tokens, ctx
+
+    def stage_timer(self, timed: bool) -> StageTimer:
+        """The timer of one call, started now (``timed=False``: records nothing)."""
+        return StageTimer(self.device, timed)
 
     @staticmethod
     def output(images: torch.Tensor, tokens: list[torch.Tensor], ctx: GenerationContext, *, output_type: str,
-               return_tokens: bool) -> GenerationOutput:
+               return_tokens: bool, stages: StageTimer) -> GenerationOutput:
+        """The call's output; a timed call's stats get ``stages_ms`` (condition, loop, decode) and per-step times."""
+        stats = ctx.stats()
+        if stages.enabled:
+            stats["stages_ms"] = stages.ms()
         return GenerationOutput(images=format_images(images, output_type), tokens=tokens if return_tokens else None,
-                                stats=ctx.stats(), kept_masks=ctx.kept_masks)
+                                stats=stats, kept_masks=ctx.kept_masks)
 
 
 def resolve_generator(seed: int | None, generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:

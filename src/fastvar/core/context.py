@@ -102,6 +102,29 @@ class StepClock:
         return start.elapsed_time(end)
 
 
+class StageTimer:
+    """Named stages of one pipeline call, timed like the steps (``StepClock``: CUDA events read after the call, no
+    synchronisation in between). ``mark(name)`` ends the stage ``name`` at the current point; disabled, it records
+    nothing."""
+
+    def __init__(self, device: torch.device, enabled: bool):
+        self.clock = StepClock(device) if enabled else None
+        self._marks = [("start", self.clock.now())] if enabled else []
+
+    @property
+    def enabled(self) -> bool:
+        return self.clock is not None
+
+    def mark(self, name: str) -> None:
+        if self.clock is not None:
+            self._marks.append((name, self.clock.now()))
+
+    def ms(self) -> dict[str, float]:
+        """Milliseconds per stage, in call order."""
+        return {name: round(self.clock.ms(start, end), 3)
+                for (_, start), (name, end) in zip(self._marks, self._marks[1:])}
+
+
 @dataclass
 class StepStats:
     """What one scale step did: its map size, batch rows forwarded (with CFG 2B, B when unguided), tokens forwarded
@@ -112,7 +135,8 @@ class StepStats:
     skipped: bool = False
     rows: int = 0
     kept: dict[int, int] = field(default_factory=dict)  # layer -> tokens forwarded (pruned layers only)
-    ms: float | None = None
+    ms: float | None = None  # the whole step: input embedding, blocks, head, sampling, latent update
+    blocks_ms: float | None = None  # the transformer blocks alone
 
     @property
     def tokens(self) -> int:
@@ -126,7 +150,7 @@ class StepStats:
         if self.kept:
             d["kept_per_layer"] = {str(k): v for k, v in sorted(self.kept.items())}
         if self.ms is not None:
-            d["ms"] = round(self.ms, 3)
+            d["ms"], d["blocks_ms"] = round(self.ms, 3), round(self.blocks_ms, 3)
         return d
 
 
@@ -154,7 +178,7 @@ class GenerationContext:
         # the last step the loop computes (trailing skipped steps end it): its keys/values are never cached
         self.final_step = max((si for si in range(len(self.scales)) if not self.pruner.skips(si)), default=-1)
         self.clock = StepClock(torch.device(device)) if timed else None
-        self._marks: list[tuple[StepStats, object, object]] = []  # (step, start, end) until read by stats()
+        self._marks: list[list] = []  # [step, start, blocks done, end] per computed step until read by stats()
         self.si = -1
         self.keep_idx: torch.Tensor | None = None  # (B, K) kept token positions while a pruned branch runs
         self.attn_mask: torch.Tensor | None = None  # teacher forcing: a full-sequence mask replaces the KV cache
@@ -191,20 +215,24 @@ class GenerationContext:
         self.si = si
         self.steps.append(StepStats(step=si, hw=self.scales[si]))
         if self.clock is not None:
-            self._marks.append((self.steps[-1], self.clock.now(), None))
+            self._marks.append([self.steps[-1], self.clock.now()])
+
+    def blocks_done(self) -> None:
+        """The step's transformer blocks have run (what follows is the head, sampling and the latent update)."""
+        if self.clock is not None:
+            self._marks[-1].append(self.clock.now())
 
     def end_step(self, rows: int) -> None:
         self.steps[-1].rows = rows
         if self.clock is not None:
-            step, start, _ = self._marks[-1]
-            self._marks[-1] = (step, start, self.clock.now())
+            self._marks[-1].append(self.clock.now())
 
     def skip_step(self, si: int) -> None:
         self.steps.append(StepStats(step=si, hw=self.scales[si], skipped=True))
 
     def stats(self) -> dict:
-        for step, start, end in self._marks:
-            step.ms = self.clock.ms(start, end)
+        for step, start, blocks_done, end in self._marks:
+            step.ms, step.blocks_ms = self.clock.ms(start, end), self.clock.ms(start, blocks_done)
         self._marks.clear()
         return {
             "steps": [s.as_dict() for s in self.steps],

@@ -43,6 +43,7 @@ def run_scales(model: NextScaleModel, state: Any, ctx: GenerationContext, *, pro
         x = model.scale_input(state, ctx)
         for block in model.blocks:
             x = block(x, state, ctx)
+        ctx.blocks_done()
         step_tokens = model.sample(x, state, ctx)
         model.update(state, step_tokens, ctx)
         tokens.append(step_tokens)

@@ -1,11 +1,13 @@
 """``fastvar bench``: warm latency, peak memory, tokens and achieved TFLOP/s per (resolution, pruning) configuration.
 
-What is timed: the whole pipeline call (``total_ms``: conditioning, the next-scale loop, VAE decode) after ``warmup``
-untimed calls, synchronised before and after, and inside it the transformer loop alone (``loop_ms``: the sum of the
-per-step times, taken with CUDA events on a GPU so that nothing synchronises inside the loop). ``other_ms = total_ms -
-loop_ms`` is text encoding, sampling set-up and VAE decode (the paper's numbers exclude those). Work is counted from
-what actually ran (tokens forwarded per layer, keys attended), so pruned and skipped steps count less:
-``transformer_tflop`` and ``achieved_tflops`` = work / loop time.
+What is timed: the whole pipeline call (``total_ms``) after ``warmup`` untimed calls, synchronised before and after,
+and inside it, with CUDA events on a GPU (nothing synchronises inside the call) or ``perf_counter`` on a CPU, its
+stages: ``condition_ms`` (text encoding or class embedding, and the per-call set-up), ``loop_ms`` (the sum of the
+scale steps: the paper's number), split into ``blocks_ms`` (the transformer blocks) and ``sampling_ms`` (per step:
+input embedding, head, guidance, sampling, latent update; HART's diffusion head is here), ``decode_ms`` (VAE or
+tokenizer decode) and ``rest_ms`` (the rest: loop set-up, caches freed, output). Work is counted from what actually
+ran (tokens forwarded per layer, keys attended), so pruned and skipped steps count less: ``transformer_tflop`` and
+``achieved_tflops`` = work / loop time.
 """
 from __future__ import annotations
 
@@ -18,15 +20,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..core.quantize import Int8Linear
 from .runner import tokens_forwarded
 
 EXCLUDED_LINEARS = ("ada_lin", "mat_kv")  # per-image condition projections and text-side K/V, not per image token
 
 
 def token_linear_params(block: nn.Module) -> int:
-    """Weights every image token of a block multiplies (attention projections, FFN)."""
-    return sum(m.weight.numel() for name, m in block.named_modules()
-               if isinstance(m, nn.Linear) and not any(e in name for e in EXCLUDED_LINEARS))
+    """Weights every image token of a block multiplies (attention projections, FFN; int8 ones too)."""
+    return sum(m.in_features * m.out_features for name, m in block.named_modules()
+               if isinstance(m, (nn.Linear, Int8Linear)) and not any(e in name for e in EXCLUDED_LINEARS))
 
 
 def transformer_flops(model: nn.Module, stats: dict, text_tokens: int = 0, prefix_tokens: int = 0) -> float:
@@ -77,18 +80,27 @@ def bench_one(call: Callable[[], object], device: torch.device, warmup: int, rep
         call()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    totals, loops, out = [], [], None
+    times: dict[str, list[float]] = {k: [] for k in ("total", "condition", "loop", "blocks", "sampling", "decode",
+                                                         "rest")}
+    out = None
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
         out = call()
         _sync(device)
-        totals.append((time.perf_counter() - t0) * 1e3)
-        loops.append(sum(s.get("ms", 0.0) for s in out.stats["steps"]))
+        total = (time.perf_counter() - t0) * 1e3
+        steps, stages = out.stats["steps"], out.stats["stages_ms"]
+        loop, blocks = (sum(s.get(k, 0.0) for s in steps) for k in ("ms", "blocks_ms"))
+        split = dict(total=total, condition=stages["condition"], loop=loop, blocks=blocks, sampling=loop - blocks,
+                     decode=stages["decode"], rest=total - stages["condition"] - loop - stages["decode"])
+        for k, v in split.items():
+            times[k].append(v)
     return {
-        "total_ms_median": statistics.median(totals), "total_ms_min": min(totals), "total_ms_max": max(totals),
-        "loop_ms_median": statistics.median(loops), "loop_ms_min": min(loops), "loop_ms_max": max(loops),
-        "other_ms_median": statistics.median(t - l for t, l in zip(totals, loops)),
+        "total_ms_median": statistics.median(times["total"]), "total_ms_min": min(times["total"]),
+        "total_ms_max": max(times["total"]),
+        "loop_ms_median": statistics.median(times["loop"]), "loop_ms_min": min(times["loop"]),
+        "loop_ms_max": max(times["loop"]),
+        **{f"{k}_ms_median": statistics.median(times[k]) for k in ("condition", "blocks", "sampling", "decode", "rest")},
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
         "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
         "stats": out.stats,
@@ -119,14 +131,16 @@ def run_bench(pipe, configs: list[dict], *, warmup: int, repeats: int, peak_tflo
 
 
 def format_results(results: list[dict]) -> str:
-    lines = ["| config | total ms (median, min-max) | loop ms | other ms | speedup (loop) | tokens forwarded | "
-             "TFLOP | TFLOP/s | peak MB (above weights) |", "|" + "---|" * 9]
+    """Markdown table; ms are medians: loop = blocks + sampling (the paper's number), condition, decode, rest."""
+    lines = ["| config | total ms (median, min-max) | loop ms (blocks + sampling) | condition ms | decode ms | rest ms "
+             "| speedup (loop) | tokens forwarded | TFLOP | TFLOP/s | peak MB (above weights) |", "|" + "---|" * 11]
     for r in results:
         lines.append(
             f"| {r['label']} | {r['total_ms_median']:.1f} ({r['total_ms_min']:.1f}-{r['total_ms_max']:.1f}) | "
-            f"{r['loop_ms_median']:.1f} | {r['other_ms_median']:.1f} | {r['speedup_loop']:.2f}x | {r['tokens_forwarded']:.0f} | "
-            f"{r['transformer_tflop']:.4g} | {r['achieved_tflops']:.4g} | "
-            f"{r['peak_memory_mb']:.0f} ({r['peak_above_weights_mb']:.0f}) |")
+            f"{r['loop_ms_median']:.1f} ({r['blocks_ms_median']:.1f} + {r['sampling_ms_median']:.1f}) | "
+            f"{r['condition_ms_median']:.1f} | {r['decode_ms_median']:.1f} | {r['rest_ms_median']:.1f} | "
+            f"{r['speedup_loop']:.2f}x | {r['tokens_forwarded']:.0f} | {r['transformer_tflop']:.4g} | "
+            f"{r['achieved_tflops']:.4g} | {r['peak_memory_mb']:.0f} ({r['peak_above_weights_mb']:.0f}) |")
     return "\n".join(lines)
 
 

@@ -176,6 +176,7 @@ class HARTPipeline(Pipeline):
         """
         check_sampling_args(cfg, 0 if top_k is None else top_k, top_p)
         check_output_type(output_type)
+        stages = self.stage_timer(timed)
         context, mask = self._condition(prompts, prompt_embeds, prompt_attention_mask)
         patch_nums = self._schedule(resolution, scale_schedule)
         rng = resolve_generator(seed, generator, self.device)
@@ -183,9 +184,10 @@ class HARTPipeline(Pipeline):
                                    top_p=top_p, more_smooth=more_smooth, diffusion=diffusion,
                                    diffusion_generator=self._diffusion_generator(seed, diffusion_seed))
         tokens, ctx = self.run(state, [(pn, pn) for pn in patch_nums], pruning=pruning, generator=rng,
-                               cfg_off_last=cfg_off_last, timed=timed)
+                               cfg_off_last=cfg_off_last, stages=stages)
         images = self.vae.fhat_to_img(state.f_hat).add(1).mul(0.5)
-        return self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens)
+        stages.mark("decode")
+        return self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens, stages=stages)
 
     def bench_config(self, batch: int, resolution: int | None) -> dict:
         """Call arguments and work-count facts for ``fastvar bench``: random context features, every token real."""

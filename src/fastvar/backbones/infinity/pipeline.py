@@ -141,6 +141,7 @@ class InfinityPipeline(Pipeline):
             check_sampling_args(value, top_k, top_p)
         if not all(t > 0 for t in taus):
             raise FastVARError(f"tau must be > 0 (at every scale step), got {tau!r}")
+        stages = self.stage_timer(timed)
         text = self._condition(prompts, prompt_embeds, "prompts", "prompt_embeds")
         negative = None
         if negative_prompt is not None or negative_prompt_embeds is not None:
@@ -152,9 +153,10 @@ class InfinityPipeline(Pipeline):
         state = self.model.prepare(text, scales, schedules.rope_grid(template), negative=negative, cfg=cfgs, tau=taus,
                                    top_k=top_k, top_p=top_p)
         tokens, ctx = self.run(state, scales, pruning=pruning, generator=rng,
-                               cfg_off_last=max(cfg_off_last, state.unguided_tail), timed=timed)
+                               cfg_off_last=max(cfg_off_last, state.unguided_tail), stages=stages)
         images = self.decode(state.summed_codes).add(1).div(2)
-        out = self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens)
+        stages.mark("decode")
+        out = self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens, stages=stages)
         out.stats.update(h_div_w_template=template, scale_schedule=[list(s) for s in scales])
         return out
 

@@ -93,13 +93,15 @@ class VARPipeline(Pipeline):
         """
         check_sampling_args(cfg, top_k, top_p)
         check_output_type(output_type)
+        stages = self.stage_timer(timed)
         rng = resolve_generator(seed, generator, self.device)
         labels = self._labels(class_labels, num_images, rng)
         state = self.model.prepare(labels, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
         tokens, ctx = self.run(state, self.model.scales, pruning=pruning, generator=rng,
-                               cfg_off_last=cfg_off_last, timed=timed)
+                               cfg_off_last=cfg_off_last, stages=stages)
         images = self.vae.fhat_to_img(state.f_hat).add(1).mul(0.5)
-        return self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens)
+        stages.mark("decode")
+        return self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens, stages=stages)
 
     def bench_config(self, batch: int, resolution: int | None) -> dict:
         """Call arguments and work-count facts for ``fastvar bench`` (random labels; VAR's size is fixed)."""
