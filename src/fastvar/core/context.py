@@ -103,9 +103,9 @@ class StepClock:
 
 
 class StageTimer:
-    """Named stages of one pipeline call, timed like the steps (``StepClock``: CUDA events read after the call, no
-    synchronisation in between). ``mark(name)`` ends the stage ``name`` at the current point; disabled, it records
-    nothing."""
+    """Named stages of one pipeline call, timed like the steps (``StepClock``: CUDA events read when the output is
+    made, no synchronisation in between). ``mark(name)`` ends the stage ``name`` at the current point; disabled, it
+    records nothing."""
 
     def __init__(self, device: torch.device, enabled: bool):
         self.clock = StepClock(device) if enabled else None
