@@ -155,3 +155,12 @@ def test_bench_reports_the_demo_image_size(tmp_path):
     # the 0.06M schedule 1, 2, 4, 6, 8, 12, 16 (521 tokens); patch 4 -> 64 px images
     assert result["label"].startswith("64px") and result["tokens_forwarded"] == 521
     assert result["weights_mb"]["text_encoder"] > 0  # the demo's byte-level encoder is counted
+
+
+def test_out_of_cpu_memory_is_a_clear_error(monkeypatch, capsys):
+    def generate(args):
+        torch.empty(2**62, dtype=torch.uint8)  # a real failed allocation: more than any machine has
+
+    monkeypatch.setattr("fastvar.cli.cmd_generate", generate)
+    assert main(["generate", "a red apple"]) == 3
+    assert "out of CPU memory" in capsys.readouterr().err

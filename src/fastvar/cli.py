@@ -16,6 +16,7 @@ import torch
 from .core.quantize import QUANTIZATIONS
 from .errors import FastVARError
 
+CPU_OUT_OF_MEMORY = "DefaultCPUAllocator: can't allocate memory"  # how torch reports a failed CPU allocation
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 BACKBONES = ("var", "infinity", "hart", "demo")
@@ -355,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     except torch.cuda.OutOfMemoryError:
         print("fastvar: error: out of GPU memory; try a smaller batch or resolution, --pruning, --dtype bf16, "
               "--text-encoder-device cpu or --quantize int8", file=sys.stderr)
+        return 3
+    except RuntimeError as exc:
+        if CPU_OUT_OF_MEMORY not in str(exc):
+            raise
+        print("fastvar: error: out of CPU memory; try a smaller batch or resolution, --pruning or --quantize int8",
+              file=sys.stderr)
         return 3
     return 0
 
