@@ -133,3 +133,14 @@ def test_cli_generates_from_the_release_folders_and_a_qwen2_folder(qwen_dir, gol
                  "--text-encoder", str(qwen_dir), "a cat", "--seed", "1", "--pruning", "hart-paper",
                  "--out", str(out), "--quiet"]) == 0
     assert out.exists()
+
+
+def test_weights_load_in_float32_like_the_official_sample(qwen_dir, tmp_path):
+    """The release stores Qwen2-VL in bfloat16; the official sample.py loads float32 weights (transformers 4.x's
+    default; it runs them under float16 autocast on CUDA). So does the encoder, whatever transformers defaults to."""
+    transformers.AutoModel.from_pretrained(str(qwen_dir), torch_dtype=torch.bfloat16).save_pretrained(tmp_path)
+    make_tokenizer().save_pretrained(tmp_path)
+    encoder = Qwen2TextEncoder(tmp_path)
+    assert {p.dtype for p in encoder.model.parameters()} == {torch.float32}
+    half = Qwen2TextEncoder(tmp_path, dtype=torch.float16)
+    assert {p.dtype for p in half.model.parameters()} == {torch.float16}

@@ -124,3 +124,18 @@ def test_text_encoder_device_option(golden_infinity, golden_var, t5_folder):
     assert main(["generate", "--model", "infinity", "--config", str(root / "config.json"), "--vae",
                  str(root / "vae.pth"), "--transformer", str(root / "infinity.pth"), "--text-encoder-device", "cpu",
                  "a cat"]) == 2
+
+
+def test_float16_keeps_the_feed_forward_output_in_float32_like_the_official_loader(t5_folder):
+    """As the official ``T5EncoderModel.from_pretrained(t5_path, torch_dtype=torch.float16)`` (the CUDA default):
+    float16 weights except the ``wo`` projections, which transformers keeps in float32 (T5 overflows float16 there);
+    casting the loaded model to float16 afterwards would not."""
+    from transformers import T5EncoderModel
+
+    encoder = T5TextEncoder(t5_folder, dtype=torch.float16)
+    official = T5EncoderModel.from_pretrained(str(t5_folder), torch_dtype=torch.float16)
+    ours, theirs = dict(encoder.model.named_parameters()), dict(official.named_parameters())
+    assert ours.keys() == theirs.keys()
+    assert all(ours[n].dtype == theirs[n].dtype and torch.equal(ours[n], theirs[n]) for n in ours)
+    assert {p.dtype for n, p in ours.items() if ".wo." in n} == {torch.float32}
+    assert ours["encoder.block.0.layer.1.DenseReluDense.wi.weight"].dtype == torch.float16

@@ -9,9 +9,10 @@ from ..errors import FastVARError
 
 
 def load_text_model(folder: str | Path, model_class: str, what: str, device: torch.device | str,
-                    dtype: torch.dtype | None, **tokenizer_kwargs):
+                    dtype: torch.dtype, **tokenizer_kwargs):
     """(tokenizer, model in eval mode on ``device``) from a local folder; ``model_class`` names a ``transformers``
-    class. ``dtype`` None: float16 on CUDA (as the official code runs its text models), float32 elsewhere."""
+    class. The weights are read in ``dtype`` (``from_pretrained(torch_dtype=...)``, as the official code loads them:
+    the model class's own float32 exceptions apply, e.g. T5's ``wo`` projections) and then moved to ``device``."""
     try:
         import transformers
     except ImportError:
@@ -20,12 +21,10 @@ def load_text_model(folder: str | Path, model_class: str, what: str, device: tor
     folder, device = Path(folder), torch.device(device)
     if not folder.is_dir():
         raise FastVARError(f"{what} folder not found: {folder}")
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), **tokenizer_kwargs)
-        model = getattr(transformers, model_class).from_pretrained(str(folder))
+        model = getattr(transformers, model_class).from_pretrained(str(folder), torch_dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FastVARError(f"cannot load a {what} from {folder}: {first}") from None
-    return tokenizer, model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return tokenizer, model.to(device).eval().requires_grad_(False)

@@ -97,7 +97,7 @@ class HARTPipeline(Pipeline):
         ``model.safetensors``), ``transformer`` = ``llm/`` (``ema_model.bin``, as sample.py), ``text_encoder`` = the
         Qwen2 folder (optional: without it pass ``prompt_embeds``). ``config=None`` reads the folders' config.json.
         ``text_encoder_device``: where the text model runs (default ``device``); ``"cpu"`` keeps its weights (about
-        3 GB in float16 for Qwen2-VL-1.5B) off the GPU.
+        6 GB for Qwen2-VL-1.5B: float32, as the official code loads them) off the GPU.
 
         ``random_weights=True`` builds the architecture (``config``, default ``"hart-0.7b"``) with seeded random
         weights instead (for benchmarks and smoke tests: the images are noise). ``dtype`` applies to the transformer;

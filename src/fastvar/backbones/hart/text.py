@@ -38,11 +38,12 @@ def context_position_ids(mask: torch.Tensor) -> torch.Tensor:
 class Qwen2TextEncoder:
     """Tokenizer + Qwen2 model from a local folder (the release uses mit-han-lab/Qwen2-VL-1.5B-Instruct).
 
-    ``dtype``: the official code runs the text model under float16 autocast on CUDA; default float16 on CUDA,
-    float32 elsewhere. ``system_prompt=None`` encodes the prompts alone (official ``use_llm_system_prompt=False``).
+    As the official ``sample.py``: float32 weights (``dtype``), run under float16 autocast on CUDA (about 6 GB for
+    Qwen2-VL-1.5B; ``dtype=torch.float16`` halves that, ``text_encoder_device="cpu"`` keeps it off the GPU).
+    ``system_prompt=None`` encodes the prompts alone (official ``use_llm_system_prompt=False``).
     """
 
-    def __init__(self, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+    def __init__(self, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  system_prompt: str | None = SYSTEM_PROMPT):
         self.device = torch.device(device)
         self.tokenizer, self.model = load_text_model(folder, "AutoModel", "Qwen2 text model", self.device,
@@ -72,13 +73,14 @@ class Qwen2TextEncoder:
                               stacklevel=3)
         tokens = torch.stack(self.tokenize(prompts, max_length, "max_length")).to(self.device)
         mask = tokens != self.tokenizer.pad_token_id
-        if self.system_prompt is None:
-            hidden = self.model(tokens, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-        else:
-            system = self.tokenize([self.system_prompt], max_length, "longest")[0].to(self.device)
-            system = system.unsqueeze(0).repeat(tokens.shape[0], 1)
-            system_mask = torch.ones_like(mask)[:, : system.shape[1]]
-            out = self.model(torch.cat([system, tokens], dim=1), attention_mask=torch.cat([system_mask, mask], dim=1),
-                             output_hidden_states=True)
-            hidden = out.hidden_states[-1][:, system.shape[1]:]
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+            if self.system_prompt is None:
+                hidden = self.model(tokens, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+            else:
+                system = self.tokenize([self.system_prompt], max_length, "longest")[0].to(self.device)
+                system = system.unsqueeze(0).repeat(tokens.shape[0], 1)
+                system_mask = torch.ones_like(mask)[:, : system.shape[1]]
+                out = self.model(torch.cat([system, tokens], dim=1),
+                                 attention_mask=torch.cat([system_mask, mask], dim=1), output_hidden_states=True)
+                hidden = out.hidden_states[-1][:, system.shape[1]:]
         return hidden.float(), mask

@@ -57,8 +57,8 @@ class InfinityPipeline(Pipeline):
         pooling, embeddings, head and VAE weights stay float32, and with bfloat16 the VAE decodes under bfloat16
         autocast (see ``decode``). Use float32 on CPU. ``random_weights=True`` builds the
         architecture with seeded random weights (benchmarks; images are noise). ``text_encoder_device``: where the
-        T5 encoder runs (default ``device``); ``"cpu"`` keeps its weights (about 2.4 GB in float16 for Flan-T5-XL's
-        encoder) off the GPU. ``quantize="int8"``: the blocks' linear layers keep int8 weights
+        T5 encoder runs (default ``device``); ``"cpu"`` keeps its weights (about 2.9 GB for Flan-T5-XL's
+        encoder in float16) off the GPU. ``quantize="int8"``: the blocks' linear layers keep int8 weights
         (``fastvar.core.quantize``; not exact).
         """
         int8_layers = quantized_layers(quantize)

@@ -82,11 +82,13 @@ def as_text_condition(embeds, what: str = "prompt_embeds") -> TextCondition:
 class T5TextEncoder:
     """Tokenizer + ``T5EncoderModel`` from a local folder (``load_tokenizer`` of run_infinity.py: Flan-T5-XL there).
 
-    ``dtype``: the official code runs T5 in float16 on CUDA; default float16 on CUDA, float32 elsewhere.
+    ``dtype``: default float16 on CUDA, as the official ``T5EncoderModel.from_pretrained(t5_path,
+    torch_dtype=torch.float16)`` (which keeps the feed-forward ``wo`` projections in float32), float32 elsewhere.
     """
 
     def __init__(self, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
         self.device = torch.device(device)
+        dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.tokenizer, self.model = load_text_model(folder, "T5EncoderModel", "T5 text encoder", self.device,
                                                      dtype, legacy=True)
         self.tokenizer.model_max_length = TEXT_MAXLEN
