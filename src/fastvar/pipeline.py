@@ -69,7 +69,7 @@ class Pipeline:
         if stages.enabled:
             stats["stages_ms"] = stages.ms()
         return GenerationOutput(images=format_images(images, output_type), tokens=tokens if return_tokens else None,
-                                stats=stats, kept_masks=ctx.kept_masks)
+                                stats=stats, kept_masks={si: m.cpu() for si, m in ctx.kept_masks.items()})
 
 
 def resolve_generator(seed: int | None, generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:

@@ -234,13 +234,14 @@ class FastVARPruner:
 
 
 def kept_masks(ctx: GenerationContext, rows: int) -> dict[int, torch.Tensor]:
-    """Per pruned step, a (rows, h, w) bool map of the tokens the first pruned branch kept (paper Fig. 7)."""
+    """Per pruned step, a (rows, h, w) bool map of the tokens the first pruned branch kept (paper Fig. 7), on the
+    generation's device (copied to the CPU with the output, after the decode: no synchronisation here)."""
     masks = {}
     for key, idx in ctx.pruning_state.items():
         if key[0] == "kept":
             h, w = ctx.scales[key[1]]
             mask = torch.zeros(idx.shape[0], h * w, dtype=torch.bool, device=idx.device).scatter_(1, idx, True)
-            masks[key[1]] = mask[:rows].view(rows, h, w).cpu()
+            masks[key[1]] = mask[:rows].view(rows, h, w)
     return masks
 
 
