@@ -447,3 +447,16 @@ def test_sharded_safetensors_folder_loads_like_the_pth(golden, tmp_path):
     b = load_pipeline("infinity", vae=golden.root / "vae.pth", transformer=golden.root / "infinity.pth",
                       config=golden.root / "config.json")
     assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+
+def test_cli_info_names_the_release(golden_infinity, capsys):
+    from fastvar.cli import main
+    from fastvar.info import _kind
+
+    assert main(["info", str(golden_infinity.root / "infinity.pth")]) == 0
+    assert "Infinity transformer" in capsys.readouterr().out
+    meta = lambda *shape: torch.empty(*shape, device="meta")  # noqa: E731  (shapes of the 2B release)
+    sd = {"word_embed.weight": meta(2048, 32), "cfg_uncond": meta(512, 2048), "text_proj_for_sos.ca.mat_q": meta(1)}
+    sd.update({f"block_chunks.{i // 4}.module.{i % 4}.sa.mat_qkv.weight": meta(6144, 2048) for i in range(32)})
+    kind, details = _kind(sd)
+    assert kind == "Infinity transformer" and details["depth"] == 32 and "config='infinity-2b'" in details["hint"]

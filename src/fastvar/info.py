@@ -21,13 +21,18 @@ def _kind(sd: StateDict) -> tuple[str, dict]:
         vocab, cvae = sd["quantize.embedding.weight"].shape
         return "VAR VQ-VAE", {"vocab_size": vocab, "z_channels": cvae}
     if "text_proj_for_sos.ca.mat_q" in keys or any(k.startswith("block_chunks.") for k in keys):
+        from .backbones.infinity.pipeline import guess_release
+
         depth = len({tuple(k.split(".")[1:4:2]) for k in keys if k.startswith("block_chunks.")}) or len(blocks)
-        return "Infinity transformer", {"depth": depth, "width": sd["word_embed.weight"].shape[0]}
+        return "Infinity transformer", {"depth": depth, "width": sd["word_embed.weight"].shape[0],
+                                        "hint": guess_release(sd)}
     if "quantizer.lfq.mask" in keys or (any(k.startswith("encoder.") for k in keys)
                                         and any(k.startswith("decoder.") for k in keys)):
         return "Infinity VAE (BSQ)" if "quantizer.lfq.mask" in keys else "autoencoder", {}
     if "context_embed.weight" in keys or any(k.startswith("diffloss.") for k in keys):
-        return "HART transformer", {"depth": len(blocks)}
+        from .backbones.hart.pipeline import guess_release
+
+        return "HART transformer", {"depth": len(blocks), "hint": guess_release(sd)}
     if any(k.startswith("vae.") for k in keys):
         return "HART tokenizer", {}
     return "unknown", {}
