@@ -21,7 +21,7 @@ python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
 # Groups in priority order (a run stopped at its time limit still returns the finished groups' files); name groups
 # after OUTDIR to run only those, e.g. scripts/bench_gpu.sh OUT resolutions guidance.
 groups=${*:2}
-groups=${groups:-"infinity-1024 hart var infinity-2048 resolutions infinity-1344 guidance loading int8"}
+groups=${groups:-"infinity-1024 hart var infinity-2048 resolutions infinity-1344 guidance loading int8 infinity-8b"}
 for group in $groups; do
     case $group in
     infinity-1024)  # Infinity-2B 1024²: baseline, the paper preset, candidates for the best preset (target >= 4x)
@@ -49,6 +49,9 @@ for group in $groups; do
     int8)  # int8 block weights: speed and memory of Infinity-2B 1024², alone and with the paper preset
         bench --model infinity-2b --resolutions 1024 --pruning "none|infinity-paper" --quantize int8 --warmup 1 \
             --repeats 3 --out "$out/infinity_1024_int8.json" ;;
+    infinity-8b)  # Infinity-8B 1024² (bf16 weights 15.9 GiB), baseline and the paper preset
+        bench --model infinity-8b --resolutions 1024 --pruning "none|infinity-paper" --warmup 1 --repeats 3 \
+            --out "$out/infinity_8b.json" ;;
     *) echo "unknown group $group" >&2; failed=1 ;;
     esac
 done
