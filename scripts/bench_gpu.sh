@@ -2,8 +2,8 @@
 # Every GPU number of docs/benchmarks.md in one run (sized for a lent H200: a few minutes of device time).
 #   scripts/bench_gpu.sh OUTDIR [GROUP ...]   (from the repository root; needs torch with CUDA, matplotlib)
 # Full-size architectures with seeded random weights (speed does not depend on weight values), bf16, batch 1,
-# warm runs only; writes gpu.txt (+ the guidance-off table), one JSON per model group and a latency/memory plot
-# into OUTDIR.
+# warm runs only; writes gpu.txt (+ the tables of the guidance, loading, int8 and 8B groups), one JSON per other
+# group and a latency/memory plot into OUTDIR: 8 files at most (what the device tool returns).
 set -euo pipefail
 out=${1:?usage: scripts/bench_gpu.sh OUTDIR}
 mkdir -p "$out"
@@ -48,10 +48,10 @@ for group in $groups; do
             --dir /tmp/fastvar_ckpt >> "$out/gpu.txt" || { failed=1; echo "FAILED: load_peak" | tee -a "$out/gpu.txt" >&2; } ;;
     int8)  # int8 block weights: speed and memory of Infinity-2B 1024², alone and with the paper preset
         bench --model infinity-2b --resolutions 1024 --pruning "none|infinity-paper" --quantize int8 --warmup 1 \
-            --repeats 3 --out "$out/infinity_1024_int8.json" ;;
+            --repeats 3 >> "$out/gpu.txt" ;;
     infinity-8b)  # Infinity-8B 1024² (bf16 weights 15.9 GiB), baseline and the paper preset
         bench --model infinity-8b --resolutions 1024 --pruning "none|infinity-paper" --warmup 1 --repeats 3 \
-            --out "$out/infinity_8b.json" ;;
+            >> "$out/gpu.txt" ;;
     *) echo "unknown group $group" >&2; failed=1 ;;
     esac
 done
