@@ -10,6 +10,7 @@ import torch
 
 from fastvar import FastVARError, PruningSchedule, load_pipeline
 from fastvar.backbones.infinity import schedules
+from fastvar.backbones.infinity.model import PackedText
 from fastvar.backbones.infinity.text import TextCondition
 from fastvar.cli import main
 from fastvar.core.context import GenerationContext, KVCache
@@ -44,6 +45,16 @@ def test_unguided_pruned_step_restores_from_the_conditional_rows_of_the_cache():
     filler = cached[:1].view(1, 2, 2).repeat_interleave(2, 1).repeat_interleave(2, 2).reshape(1, 16, 1)  # area
     expected = torch.where(torch.arange(16).view(1, 16, 1) < 8, -x, filler)
     assert torch.equal(out, expected)
+
+
+def test_conditional_text_layout_is_sliced_not_rebuilt():
+    """Dropping guidance keeps the first rows' text layout: equal to one built from their lengths (cond prompts of 3
+    and 5 tokens, negatives of 7 and 2), taken by slicing on the device."""
+    full = PackedText([3, 5, 7, 2], torch.device("cpu"))
+    first, fresh = full.first(2), PackedText([3, 5], torch.device("cpu"))
+    assert first.lens == [3, 5] and full.lens == [3, 5, 7, 2]
+    assert torch.equal(first.index, fresh.index) and torch.equal(first.mask, fresh.mask)
+    assert first.index.tolist() == [[0, 1, 2, 0, 0], [3, 4, 5, 6, 7]]  # packed rows of each prompt, 0 where padded
 
 
 def test_bad_cfg_off_last_is_a_clear_error():

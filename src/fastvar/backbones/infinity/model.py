@@ -12,6 +12,7 @@ the residual stream stay float32, as under the official autocast.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -106,6 +107,14 @@ class PackedText:
         valid = ar[None, :] < lens_t[:, None]  # (B, Lmax)
         self.index = torch.where(valid, starts[:, None] + ar[None, :], 0)  # (B, Lmax) row of each key
         self.mask = valid[:, None, None, :]  # (B, 1, 1, Lmax) broadcast over heads and queries
+
+    def first(self, rows: int) -> PackedText:
+        """The layout of the first ``rows`` prompts (the conditional ones): ``PackedText(lens[:rows])``, sliced on the
+        device instead of built from the lengths, so no host-to-device copy synchronises the generation loop."""
+        width = max(self.lens[:rows])
+        text = copy.copy(self)
+        text.lens, text.index, text.mask = self.lens[:rows], self.index[:rows, :width], self.mask[:rows, ..., :width]
+        return text
 
     def pad(self, packed: torch.Tensor) -> torch.Tensor:
         """(N, ...) -> (B, Lmax, ...)."""
@@ -333,8 +342,7 @@ class Infinity(nn.Module):
     def drop_guidance(self, state: InfinityState) -> None:
         B = state.B
         if state.rows > B:
-            lens = state.text.lens[:B]
-            state.ca_kv, state.text = state.ca_kv[: sum(lens)], PackedText(lens, state.ca_kv.device)
+            state.ca_kv, state.text = state.ca_kv[: sum(state.text.lens[:B])], state.text.first(B)
             state.cond_BD, state.ada_cond, state.rows = state.cond_BD[:B], state.ada_cond[:B], B
 
     def guided_logits(self, x: torch.Tensor, state: InfinityState, si: int) -> torch.Tensor:
