@@ -2,7 +2,7 @@
 # Every GPU number of docs/benchmarks.md in one run (sized for a lent H200: a few minutes of device time).
 #   scripts/bench_gpu.sh OUTDIR [GROUP ...]   (from the repository root; needs torch with CUDA, matplotlib)
 # Full-size architectures with seeded random weights (speed does not depend on weight values), bf16, batch 1,
-# warm runs only; writes gpu.txt (+ the tables of the guidance, loading, int8 and 8B groups), one JSON per other
+# warm runs only; writes gpu.txt (+ the tables of the guidance, syncs, loading, int8 and 8B groups), one JSON per other
 # group and a latency/memory plot into OUTDIR: 8 files at most (what the device tool returns).
 set -euo pipefail
 out=${1:?usage: scripts/bench_gpu.sh OUTDIR}
@@ -21,7 +21,7 @@ python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
 # Groups in priority order (a run stopped at its time limit still returns the finished groups' files); name groups
 # after OUTDIR to run only those, e.g. scripts/bench_gpu.sh OUT resolutions guidance.
 groups=${*:2}
-groups=${groups:-"infinity-1024 hart var infinity-2048 resolutions infinity-1344 guidance loading int8 infinity-8b"}
+groups=${groups:-"infinity-1024 hart var infinity-2048 resolutions infinity-1344 guidance syncs loading int8 infinity-8b"}
 for group in $groups; do
     case $group in
     infinity-1024)  # Infinity-2B 1024²: baseline, the paper preset, candidates for the best preset (target >= 4x)
@@ -43,6 +43,8 @@ for group in $groups; do
     guidance)  # guidance off at the last steps, alone and with the paper preset; its table goes into gpu.txt
         bench --model infinity-2b --resolutions 1024 --pruning "none|infinity-paper" --cfg-off-last 0,2,4 --warmup 1 \
             --repeats 3 >> "$out/gpu.txt" ;;
+    syncs)  # host-device synchronisations inside the loop (torch's sync debug mode); the goal is none
+        python3 scripts/check_syncs.py >> "$out/gpu.txt" || { failed=1; echo "FAILED: check_syncs" | tee -a "$out/gpu.txt" >&2; } ;;
     loading)  # device peak of loading a bf16 Infinity-2B checkpoint into bf16 blocks (writes 4.4 GB under /tmp)
         python3 scripts/load_peak.py --config infinity-2b --checkpoint-dtype bf16 --dtype bf16 --device cuda \
             --dir /tmp/fastvar_ckpt >> "$out/gpu.txt" || { failed=1; echo "FAILED: load_peak" | tee -a "$out/gpu.txt" >&2; } ;;
