@@ -120,3 +120,20 @@ def test_cli_eval_compares_int8_against_the_full_precision_baseline(tmp_path):
     work = [json.loads(f.read_text())["results"][0]["transformer_tflop"] for f in (bench, plain)]
     assert work[0] == work[1] > 0  # int8 weights do the same multiply-adds
     assert report["results"][0]["weights_mb"]["transformer"] < 10  # 16.1 MB of float32 transformer weights
+
+
+def test_info_predicts_the_loaded_weights(golden_var, golden_infinity, golden_hart):
+    """``fastvar info``'s bytes per dtype choice, from the checkpoint alone, equal what each loaded model holds."""
+    from fastvar.info import describe
+
+    cases = [("var", golden_var.root / "var.pth", dict(vae=golden_var.root / "vae.pth",
+                                                       config=golden_var.root / "config.json")),
+             ("infinity", golden_infinity.root / "infinity.pth", dict(vae=golden_infinity.root / "vae.pth",
+                                                                     config=golden_infinity.root / "config.json")),
+             ("hart", golden_hart.root / "llm", dict(vae=golden_hart.root / "tokenizer"))]
+    for backbone, transformer, kwargs in cases:
+        predicted = describe(transformer)["device_weights_bytes"]
+        for label, dtype, quantize in (("float32", torch.float32, None), ("bfloat16", torch.bfloat16, None),
+                                       ("bfloat16 + int8 blocks", torch.bfloat16, "int8")):
+            pipe = load_pipeline(backbone, transformer=transformer, dtype=dtype, quantize=quantize, **kwargs)
+            assert predicted[label] == sum(p.nbytes for p in pipe.model.parameters()), (backbone, label)

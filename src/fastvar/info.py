@@ -5,7 +5,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .core.loading import StateDict, read_state_dict
+import torch
+
+from .backbones.common import in_blocks
+from .core.loading import StateDict, key_matcher, read_state_dict
 
 
 def _kind(sd: StateDict) -> tuple[str, dict]:
@@ -38,6 +41,38 @@ def _kind(sd: StateDict) -> tuple[str, dict]:
     return "unknown", {}
 
 
+def device_weights(sd: StateDict, kind: str) -> dict[str, int] | None:
+    """Bytes a transformer checkpoint's weights take once loaded, for each ``dtype=`` choice and with int8 blocks
+    (``quantize="int8"``): the backbone's own per-parameter dtypes, derived buffers left out. None for other kinds."""
+    if kind == "VAR transformer":
+        from .backbones.var.pipeline import VAR_DERIVED as derived
+
+        rule = lambda dtype: lambda name: dtype  # noqa: E731  (VAR casts every weight)
+    elif kind == "Infinity transformer":
+        from .backbones.infinity.pipeline import INFINITY_DERIVED as derived
+        from .backbones.infinity.pipeline import weight_dtypes as rule
+    elif kind == "HART transformer":
+        from .backbones.hart.pipeline import TRANSFORMER_DERIVED as derived
+        from .backbones.hart.pipeline import weight_dtypes as rule
+    else:
+        return None
+    is_derived = key_matcher(derived)
+    weights = {k: t for k, t in sd.items() if t.is_floating_point() and not is_derived(k)}
+
+    def size(dtype: torch.dtype, int8: bool) -> int:
+        dtype_of, total = rule(dtype), 0
+        for name, t in weights.items():
+            width = dtype_of(name).itemsize
+            if int8 and in_blocks(name) and name.endswith(".weight") and t.ndim == 2:  # a linear layer's weight
+                total += t.numel() + t.shape[0] * width  # int8 codes + one scale per output row
+            else:
+                total += t.numel() * width
+        return total
+
+    return {"float32": size(torch.float32, False), "bfloat16": size(torch.bfloat16, False),
+            "bfloat16 + int8 blocks": size(torch.bfloat16, True)}
+
+
 def describe(path: str | Path) -> dict:
     path = Path(path)
     config = None
@@ -51,6 +86,9 @@ def describe(path: str | Path) -> dict:
     if config and "model_type" in config:
         kind = {"hart_transformer_t2i": "HART transformer", "hart_autoencoder_with_disc": "HART tokenizer"}.get(
             config["model_type"], kind)
+    on_device = device_weights(sd, kind)
+    if on_device is not None:
+        details["device_weights_bytes"] = on_device
     dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in sd.values())
     prefixes = Counter(k.split(".")[0] for k in sd)
     return {
@@ -64,11 +102,17 @@ def describe(path: str | Path) -> dict:
     }
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def format_description(d: dict) -> str:
     lines = [f"{d['path']}: {d['kind']}"]
     for key, value in d.items():
         if key not in ("path", "kind"):
             if key == "parameters":
                 value = f"{value:,} ({value / 1e6:.1f}M, floating-point tensors incl. buffers)"
+            elif key == "device_weights_bytes":
+                key, value = "weights once loaded", ", ".join(f"{k} {_size(v)}" for k, v in value.items())
             lines.append(f"  {key}: {value}")
     return "\n".join(lines)

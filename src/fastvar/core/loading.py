@@ -67,7 +67,8 @@ def _read_folder(folder: Path) -> StateDict:
     return sd
 
 
-def _compile(patterns: Iterable[str]) -> Callable[[str], bool]:
+def key_matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """Whether a key fully matches one of the regular expressions ``patterns``."""
     regex = [re.compile(p) for p in patterns]
     return lambda key: any(r.fullmatch(key) for r in regex)
 
@@ -85,7 +86,7 @@ def check_state_dict(
     ``derived`` are regular expressions of checkpoint keys that may be present and are dropped (buffers fastvar
     recomputes, or parts of the release that inference does not use).
     """
-    is_derived = _compile(derived)
+    is_derived = key_matcher(derived)
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected and not is_derived(k)]
     mismatched = [
