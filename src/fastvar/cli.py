@@ -182,6 +182,7 @@ def _variant_label(pruning: str, cfg_off_last: int) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from .eval.features import load_feature_model
     from .eval.runner import evaluate, image_grid, markdown_table
     from .pruning import resolve_pruning
 
@@ -189,6 +190,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     variant_pipe = load_from_args(args)[1] if args.quantize else None  # variants on int8 weights
     for p in (pipe, variant_pipe or pipe):
         p.set_progress_bar_config(disable=True)
+    features = load_feature_model(args.features, pipe.device) if args.features else None
     conds = conditions(backbone, args)
     if not conds:
         raise FastVARError("fastvar eval needs at least one --class (or prompt)")
@@ -198,7 +200,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     report = lambda i, n: print(f"\r{i}/{n} runs", end="", file=sys.stderr, flush=True)  # noqa: E731
     rows, grid = evaluate(pipe, conds, seeds, variants, progress=None if args.quiet else report,
                           grid_images=args.grid_rows if args.grid else 0, variant_pipe=variant_pipe,
-                          **sampling_kwargs(backbone, args))
+                          features=features, **sampling_kwargs(backbone, args))
     print(file=sys.stderr)
     table = markdown_table(rows)
     print(table)
@@ -313,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cfg-off-last", default="0", metavar="N[,N...]",
                    help="also turn guidance off at the last N scale steps (each value crossed with each schedule; "
                         "the baseline stays guided), e.g. 0,2")
+    e.add_argument("--features", metavar="MODEL",
+                   help="your image network for feature fidelity: a TorchScript file, or package.module:function; "
+                        "(B,3,H,W) images in [0,1] -> (B,D) features (adds feature cosine and Fréchet distance)")
     e.add_argument("--json", help="write the table as JSON here")
     e.add_argument("--markdown", help="write the table as markdown here")
     e.add_argument("--grid", help="write a side-by-side image grid (baseline, then each schedule) here")

@@ -6,9 +6,11 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
 from PIL import Image, ImageDraw
 
 from ..outputs import format_images
+from .features import FeatureModel, cosine_similarity, extract, frechet_distance
 from .fidelity import detail_ratio, psnr, ssim, token_agreement
 
 
@@ -35,6 +37,7 @@ class ScheduleResult:
     detail: list[float] = field(default_factory=list)
     agreement: dict[int, list[float]] = field(default_factory=dict)  # step -> per-run token agreement
     skipped: list[int] = field(default_factory=list)
+    features: list[torch.Tensor] = field(default_factory=list)  # per run, (B, D) features of the user's model
 
     def summary(self, baseline: ScheduleResult | None) -> dict:
         finite = [p for p in self.psnr if p != float("inf")]
@@ -54,18 +57,25 @@ class ScheduleResult:
             row["ssim_mean"] = round(statistics.mean(self.ssim), 4)
             row["detail_ratio_mean"] = round(statistics.mean(self.detail), 3)
             row["token_agreement_per_step"] = {s: round(statistics.mean(v), 4) for s, v in sorted(self.agreement.items())}
+            if self.features:
+                mine, theirs = torch.cat(self.features), torch.cat(baseline.features)
+                row["feature_cosine_mean"] = round(cosine_similarity(mine, theirs).mean().item(), 5)
+                if len(mine) >= 2:
+                    row["frechet_distance"] = round(frechet_distance(mine, theirs), 5)
         return row
 
 
 def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: dict[str, dict], *, progress=None,
-             grid_images: int = 0, variant_pipe=None, **call_kwargs) -> tuple[list[dict], list[list[Image.Image]]]:
+             grid_images: int = 0, variant_pipe=None, features: FeatureModel | None = None,
+             **call_kwargs) -> tuple[list[dict], list[list[Image.Image]]]:
     """Run every (condition, seed) unaccelerated and under each variant; returns summary rows and image rows for a
     grid.
 
     ``conditions`` are keyword dicts for one image each (``{"class_labels": [207]}`` or ``{"prompts": ["a cat"]}``);
     ``variants`` map a name to the call arguments that accelerate (``{"pruning": ..., "cfg_off_last": ...}``).
     ``variant_pipe`` (e.g. the same model with int8 weights) runs the variants instead of ``pipe``, which still
-    makes the reference.
+    makes the reference. ``features`` (a user's image network, ``fastvar.eval.features``) adds the feature cosine
+    similarity to the baseline and the Fréchet distance between the variant's and the baseline's image sets.
     """
     variant_pipe = variant_pipe or pipe
     depth = len(pipe.model.blocks)
@@ -75,13 +85,13 @@ def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: d
     runs = [(c, s) for c in conditions for s in seeds]
     for i, (cond, seed) in enumerate(runs):
         ref = pipe(**cond, seed=seed, pruning=None, output_type="pt", return_tokens=True, timed=True, **call_kwargs)
-        _record(base, ref, depth)
+        _record(base, ref, depth, features)
         row = format_images(ref.images, "pil")[:1] if i < grid_images else None
         for name, variant in variants.items():
             out = variant_pipe(**cond, seed=seed, **variant, output_type="pt", return_tokens=True, timed=True,
                                **call_kwargs)
             r = results[name]
-            _record(r, out, depth)
+            _record(r, out, depth, features)
             r.psnr += psnr(out.images, ref.images).tolist()
             r.ssim += ssim(out.images, ref.images).tolist()
             r.detail += detail_ratio(out.images, ref.images).tolist()
@@ -98,7 +108,9 @@ def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: d
     return rows, grid
 
 
-def _record(r: ScheduleResult, out, depth: int) -> None:
+def _record(r: ScheduleResult, out, depth: int, features: FeatureModel | None) -> None:
+    if features is not None:
+        r.features.append(extract(features, out.images))
     r.loop_ms.append(sum(s.get("ms", 0.0) for s in out.stats["steps"]))
     r.tokens.append(tokens_forwarded(out.stats, depth))
     r.row_tokens.append(tokens_forwarded(out.stats, depth, per_row=True))
@@ -106,16 +118,22 @@ def _record(r: ScheduleResult, out, depth: int) -> None:
 
 
 def markdown_table(rows: list[dict]) -> str:
+    """The rows as a markdown table; with a feature model, two more columns (feature cosine, Fréchet distance)."""
+    with_features = any("feature_cosine_mean" in r for r in rows)
     head = ("| schedule | tokens forwarded / image | work (tokens x rows) saved | loop ms (median) | speedup | "
-            "PSNR dB (mean) | SSIM (mean) | detail kept (mean) | token agreement at pruned/last steps |")
-    lines = [head, "|" + "---|" * 9]
+            "PSNR dB (mean) | SSIM (mean) | detail kept (mean) | token agreement at pruned/last steps |"
+            + (" feature cosine (mean) | Fréchet distance |" if with_features else ""))
+    lines = [head, "|" + "---|" * (11 if with_features else 9)]
     for r in rows:
         agree = r.get("token_agreement_per_step", {})
         last = ", ".join(f"{s}: {v:.3f}" for s, v in list(agree.items())[-3:])
-        lines.append(f"| {r['schedule']} | {r['tokens_forwarded']:.0f} | {r.get('work_ratio', 1.0):.2f}x | "
-                     f"{r['loop_ms_median']:.1f} | "
-                     f"{r.get('speedup', 1.0):.2f}x | {r.get('psnr_db_mean', '-')} | {r.get('ssim_mean', '-')} | "
-                     f"{r.get('detail_ratio_mean', '-')} | {last or '-'} |")
+        line = (f"| {r['schedule']} | {r['tokens_forwarded']:.0f} | {r.get('work_ratio', 1.0):.2f}x | "
+                f"{r['loop_ms_median']:.1f} | "
+                f"{r.get('speedup', 1.0):.2f}x | {r.get('psnr_db_mean', '-')} | {r.get('ssim_mean', '-')} | "
+                f"{r.get('detail_ratio_mean', '-')} | {last or '-'} |")
+        if with_features:
+            line += f" {r.get('feature_cosine_mean', '-')} | {r.get('frechet_distance', '-')} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
