@@ -78,3 +78,23 @@ def test_cli_eval_reports_feature_fidelity(scripted, tmp_path):
     assert same["feature_cosine_mean"] == pytest.approx(1.0) and same["frechet_distance"] == pytest.approx(0, abs=1e-9)
     assert pruned["feature_cosine_mean"] < 1 and pruned["frechet_distance"] > 0
     assert not math.isnan(pruned["frechet_distance"])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_cli_eval_measures_the_distance_to_reference_images(scripted, tmp_path, capsys):
+    """Reference images = the unaccelerated demo images themselves (saved as PNG): the baseline is nearest to them."""
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for seed in range(3):
+        out = str(reference / f"{seed}.png")
+        assert main(["generate", "a red apple", "--seed", str(seed), "--quiet", "--out", out]) == 0
+    table = tmp_path / "eval.json"
+    assert main(["eval", "--model", "demo", "a red apple", "--seeds", "0-2", "--schedules", "1", "--features",
+                 str(scripted), "--reference-dir", str(reference), "--quiet", "--json", str(table)]) == 0
+    baseline, skipped = json.loads(table.read_text())["rows"]
+    assert baseline["frechet_distance_to_reference"] < 1e-4  # only the PNG's 8-bit rounding differs
+    assert skipped["frechet_distance_to_reference"] > 100 * baseline["frechet_distance_to_reference"]
+    assert "Fréchet distance to reference" in capsys.readouterr().out
+    assert main(["eval", "--model", "demo", "a red apple", "--schedules", "1", "--reference-dir", str(reference)]) == 2
+    assert main(["eval", "--model", "demo", "a red apple", "--schedules", "1", "--features", str(scripted),
+                 "--reference-dir", str(tmp_path / "missing")]) == 2

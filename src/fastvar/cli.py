@@ -182,7 +182,7 @@ def _variant_label(pruning: str, cfg_off_last: int) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .eval.features import load_feature_model
+    from .eval.features import load_feature_model, reference_features
     from .eval.runner import evaluate, image_grid, markdown_table
     from .pruning import resolve_pruning
 
@@ -191,6 +191,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     for p in (pipe, variant_pipe or pipe):
         p.set_progress_bar_config(disable=True)
     features = load_feature_model(args.features, pipe.device) if args.features else None
+    if args.reference_dir and features is None:
+        raise FastVARError("--reference-dir needs --features (the network whose features are compared)")
+    reference = reference_features(args.reference_dir, features, pipe.device) if args.reference_dir else None
     conds = conditions(backbone, args)
     if not conds:
         raise FastVARError("fastvar eval needs at least one --class (or prompt)")
@@ -200,7 +203,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     report = lambda i, n: print(f"\r{i}/{n} runs", end="", file=sys.stderr, flush=True)  # noqa: E731
     rows, grid = evaluate(pipe, conds, seeds, variants, progress=None if args.quiet else report,
                           grid_images=args.grid_rows if args.grid else 0, variant_pipe=variant_pipe,
-                          features=features, **sampling_kwargs(backbone, args))
+                          features=features, reference=reference, **sampling_kwargs(backbone, args))
     print(file=sys.stderr)
     table = markdown_table(rows)
     print(table)
@@ -318,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--features", metavar="MODEL",
                    help="your image network for feature fidelity: a TorchScript file, or package.module:function; "
                         "(B,3,H,W) images in [0,1] -> (B,D) features (adds feature cosine and Fréchet distance)")
+    e.add_argument("--reference-dir", metavar="DIR",
+                   help="real images (png/jpg/webp, any size): adds each row's Fréchet distance to them with --features")
     e.add_argument("--json", help="write the table as JSON here")
     e.add_argument("--markdown", help="write the table as markdown here")
     e.add_argument("--grid", help="write a side-by-side image grid (baseline, then each schedule) here")

@@ -15,7 +15,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import FastVARError
 
@@ -56,6 +58,30 @@ def extract(model: FeatureModel, images: torch.Tensor) -> torch.Tensor:
     return features.flatten(1).double().cpu()
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def reference_features(folder: str | Path, model: FeatureModel, device: torch.device) -> torch.Tensor:
+    """(N, D) features of every image under ``folder`` (e.g. real images of the prompts' domain), one at a time at
+    its own size, RGB in [0, 1]."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FastVARError(f"reference image folder not found: {folder}")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(paths) < 2:
+        raise FastVARError(f"{folder} holds {len(paths)} images ({', '.join(IMAGE_SUFFIXES)}); the Fréchet distance "
+                           "needs at least 2")
+    rows = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+        except OSError as exc:
+            raise FastVARError(f"cannot read reference image {path}: {exc}") from None
+        rows.append(extract(model, torch.from_numpy(pixels).permute(2, 0, 1)[None].to(device)))
+    return torch.cat(rows)
+
+
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per row of two (N, D) feature sets: cos(a_i, b_i)."""
     return torch.nn.functional.cosine_similarity(a, b, dim=1)
@@ -65,9 +91,9 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two (N, D) feature sets (FID's formula):
     ``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2)``, covariances with N - 1, in float64.
     Both square roots are of symmetric positive semi-definite matrices, taken by eigendecomposition."""
-    if a.ndim != 2 or a.shape != b.shape or a.shape[0] < 2:
-        raise FastVARError(f"Fréchet distance needs two (N, D) feature sets with N >= 2, got {tuple(a.shape)} and "
-                           f"{tuple(b.shape)}")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(a.shape[0], b.shape[0]) < 2:
+        raise FastVARError(f"Fréchet distance needs two (N, D) feature sets of the same D with N >= 2, got "
+                           f"{tuple(a.shape)} and {tuple(b.shape)}")
     a, b = a.double(), b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)

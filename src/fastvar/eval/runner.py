@@ -39,7 +39,9 @@ class ScheduleResult:
     skipped: list[int] = field(default_factory=list)
     features: list[torch.Tensor] = field(default_factory=list)  # per run, (B, D) features of the user's model
 
-    def summary(self, baseline: ScheduleResult | None) -> dict:
+    def summary(self, baseline: ScheduleResult | None, reference: torch.Tensor | None = None) -> dict:
+        """The row of this schedule; against ``baseline`` (None: this is the baseline) and, with features, against
+        ``reference`` features (real images)."""
         finite = [p for p in self.psnr if p != float("inf")]
         row = {
             "schedule": self.name,
@@ -62,12 +64,16 @@ class ScheduleResult:
                 row["feature_cosine_mean"] = round(cosine_similarity(mine, theirs).mean().item(), 5)
                 if len(mine) >= 2:
                     row["frechet_distance"] = round(frechet_distance(mine, theirs), 5)
+        if reference is not None and self.features:
+            mine = torch.cat(self.features)
+            if len(mine) >= 2:
+                row["frechet_distance_to_reference"] = round(frechet_distance(mine, reference), 5)
         return row
 
 
 def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: dict[str, dict], *, progress=None,
              grid_images: int = 0, variant_pipe=None, features: FeatureModel | None = None,
-             **call_kwargs) -> tuple[list[dict], list[list[Image.Image]]]:
+             reference: torch.Tensor | None = None, **call_kwargs) -> tuple[list[dict], list[list[Image.Image]]]:
     """Run every (condition, seed) unaccelerated and under each variant; returns summary rows and image rows for a
     grid.
 
@@ -75,7 +81,8 @@ def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: d
     ``variants`` map a name to the call arguments that accelerate (``{"pruning": ..., "cfg_off_last": ...}``).
     ``variant_pipe`` (e.g. the same model with int8 weights) runs the variants instead of ``pipe``, which still
     makes the reference. ``features`` (a user's image network, ``fastvar.eval.features``) adds the feature cosine
-    similarity to the baseline and the Fréchet distance between the variant's and the baseline's image sets.
+    similarity to the baseline and the Fréchet distance between the variant's and the baseline's image sets;
+    ``reference`` (features of real images) adds every row's Fréchet distance to them (FID with Inception features).
     """
     variant_pipe = variant_pipe or pipe
     depth = len(pipe.model.blocks)
@@ -104,7 +111,7 @@ def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: d
             grid.append(row)
         if progress:
             progress(i + 1, len(runs))
-    rows = [base.summary(None)] + [r.summary(base) for r in results.values()]
+    rows = [base.summary(None, reference)] + [r.summary(base, reference) for r in results.values()]
     return rows, grid
 
 
@@ -120,10 +127,12 @@ def _record(r: ScheduleResult, out, depth: int, features: FeatureModel | None) -
 def markdown_table(rows: list[dict]) -> str:
     """The rows as a markdown table; with a feature model, two more columns (feature cosine, Fréchet distance)."""
     with_features = any("feature_cosine_mean" in r for r in rows)
+    with_reference = any("frechet_distance_to_reference" in r for r in rows)
     head = ("| schedule | tokens forwarded / image | work (tokens x rows) saved | loop ms (median) | speedup | "
             "PSNR dB (mean) | SSIM (mean) | detail kept (mean) | token agreement at pruned/last steps |"
-            + (" feature cosine (mean) | Fréchet distance |" if with_features else ""))
-    lines = [head, "|" + "---|" * (11 if with_features else 9)]
+            + (" feature cosine (mean) | Fréchet distance |" if with_features else "")
+            + (" Fréchet distance to reference |" if with_reference else ""))
+    lines = [head, "|" + "---|" * (9 + 2 * with_features + with_reference)]
     for r in rows:
         agree = r.get("token_agreement_per_step", {})
         last = ", ".join(f"{s}: {v:.3f}" for s, v in list(agree.items())[-3:])
@@ -133,6 +142,8 @@ def markdown_table(rows: list[dict]) -> str:
                 f"{r.get('detail_ratio_mean', '-')} | {last or '-'} |")
         if with_features:
             line += f" {r.get('feature_cosine_mean', '-')} | {r.get('frechet_distance', '-')} |"
+        if with_reference:
+            line += f" {r.get('frechet_distance_to_reference', '-')} |"
         lines.append(line)
     return "\n".join(lines)
 
