@@ -15,6 +15,7 @@ import resource
 import statistics
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable
 
 import torch
@@ -80,8 +81,7 @@ def bench_one(call: Callable[[], object], device: torch.device, warmup: int, rep
         call()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times: dict[str, list[float]] = {k: [] for k in ("total", "condition", "loop", "blocks", "sampling", "decode",
-                                                         "rest")}
+    times: dict[str, list[float]] = defaultdict(list)
     out = None
     for _ in range(repeats):
         _sync(device)

@@ -43,6 +43,7 @@ class ScheduleResult:
         """The row of this schedule; against ``baseline`` (None: this is the baseline) and, with features, against
         ``reference`` features (real images)."""
         finite = [p for p in self.psnr if p != float("inf")]
+        mine = torch.cat(self.features) if self.features else None  # (runs x B, D)
         row = {
             "schedule": self.name,
             "runs": len(self.loop_ms),
@@ -59,15 +60,13 @@ class ScheduleResult:
             row["ssim_mean"] = round(statistics.mean(self.ssim), 4)
             row["detail_ratio_mean"] = round(statistics.mean(self.detail), 3)
             row["token_agreement_per_step"] = {s: round(statistics.mean(v), 4) for s, v in sorted(self.agreement.items())}
-            if self.features:
-                mine, theirs = torch.cat(self.features), torch.cat(baseline.features)
+            if mine is not None:
+                theirs = torch.cat(baseline.features)
                 row["feature_cosine_mean"] = round(cosine_similarity(mine, theirs).mean().item(), 5)
                 if len(mine) >= 2:
                     row["frechet_distance"] = round(frechet_distance(mine, theirs), 5)
-        if reference is not None and self.features:
-            mine = torch.cat(self.features)
-            if len(mine) >= 2:
-                row["frechet_distance_to_reference"] = round(frechet_distance(mine, reference), 5)
+        if reference is not None and mine is not None and len(mine) >= 2:
+            row["frechet_distance_to_reference"] = round(frechet_distance(mine, reference), 5)
         return row
 
 
