@@ -164,3 +164,17 @@ def test_out_of_cpu_memory_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setattr("fastvar.cli.cmd_generate", generate)
     assert main(["generate", "a red apple"]) == 3
     assert "out of CPU memory" in capsys.readouterr().err
+
+
+def test_cli_generates_in_batches_each_with_its_seed(tmp_path):
+    """--batch-size 2 on three prompts: two calls, the second with seed + 1, numbered files across them."""
+    out = tmp_path / "x.png"
+    assert main(["generate", "a red apple", "a banana", "pizza", "--batch-size", "2", "--seed", "5", "--quiet",
+                 "--out", str(out), "--stats", str(tmp_path / "stats.json")]) == 0
+    assert len(json.loads((tmp_path / "stats.json").read_text())["batches"]) == 2
+    pipe = load_pipeline("demo")
+    pipe.set_progress_bar_config(disable=True)
+    first, second = pipe(["a red apple", "a banana"], seed=5).images, pipe(["pizza"], seed=6).images
+    for i, image in enumerate(first + second):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"x_{i}.png")), np.asarray(image))
+    assert main(["generate", "a red apple", "--batch-size", "0", "--out", str(out)]) == 2

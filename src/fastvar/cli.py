@@ -115,25 +115,47 @@ def conditions(backbone: str, args: argparse.Namespace) -> list[dict]:
 def cmd_generate(args: argparse.Namespace) -> None:
     backbone, pipe = load_from_args(args)
     kwargs = sampling_kwargs(backbone, args)
-    if backbone == "var":
-        kwargs.update(class_labels=args.class_labels or None, num_images=args.num_images)
-    else:
-        prompts = prompts_of(args)
-        if not prompts:
-            raise FastVARError(f"{backbone} needs a prompt: fastvar generate --model {args.model} ... \"a red apple\"")
-        kwargs["prompts"] = prompts
-    out = pipe(seed=args.seed, pruning=args.pruning, cfg_off_last=args.cfg_off_last, timed=True, **kwargs)
-    paths = _output_paths(Path(args.out), len(out.images))
-    for image, path in zip(out.images, paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-    total_ms = sum(s.get("ms", 0.0) for s in out.stats["steps"])
-    print(f"wrote {', '.join(map(str, paths))} ({len(out.stats['steps'])} scale steps, "
-          f"skipped {out.stats['skipped_steps']}, pruned {out.stats['pruned_steps']}, transformer loop {total_ms:.0f} ms)")
+    calls = _generate_calls(backbone, args)
+    paths = _output_paths(Path(args.out), sum(n for _, n in calls))
+    stats, start = [], 0
+    for k, (call, n) in enumerate(calls):  # batch k draws with seed + k
+        out = pipe(seed=args.seed + k, pruning=args.pruning, cfg_off_last=args.cfg_off_last, timed=True, **kwargs,
+                   **call)
+        batch_paths, start = paths[start:start + n], start + n
+        for image, path in zip(out.images, batch_paths):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+        if args.save_masks:
+            _save_masks(out, batch_paths, Path(args.save_masks))
+        stats.append(out.stats)
+    loop_ms = sum(s.get("ms", 0.0) for st in stats for s in st["steps"])
+    shown = ", ".join(map(str, paths)) if len(paths) <= 8 else f"{paths[0]} ... {paths[-1]} ({len(paths)} images)"
+    print(f"wrote {shown} ({len(stats[0]['steps'])} scale steps, skipped {stats[0]['skipped_steps']}, "
+          f"pruned {stats[0]['pruned_steps']}, transformer loop {loop_ms:.0f} ms in {len(calls)} batch(es))")
     if args.stats:
-        Path(args.stats).write_text(json.dumps(out.stats, indent=1))
-    if args.save_masks:
-        _save_masks(out, paths, Path(args.save_masks))
+        Path(args.stats).write_text(json.dumps(stats[0] if len(stats) == 1 else {"batches": stats}, indent=1))
+
+
+def _generate_calls(backbone: str, args: argparse.Namespace) -> list[tuple[dict, int]]:
+    """The pipeline calls of ``fastvar generate`` with their image counts: all at once, or ``--batch-size`` each."""
+    if args.batch_size is not None and args.batch_size < 1:
+        raise FastVARError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if backbone != "var":
+        items, key = prompts_of(args), "prompts"
+        if not items:
+            raise FastVARError(f"{backbone} needs a prompt: fastvar generate --model {args.model} ... \"a red apple\"")
+    elif args.class_labels:
+        items, key = args.class_labels, "class_labels"
+    else:  # labels drawn from each batch's generator, as the official code draws them
+        count = 1 if args.num_images is None else args.num_images
+        if count < 1:
+            raise FastVARError(f"--num-images must be >= 1, got {count}")
+        items, key = [None] * count, "num_images"
+    size = args.batch_size or len(items)
+    chunks = [items[i:i + size] for i in range(0, len(items), size)]
+    if key == "num_images":
+        return [({"class_labels": None, "num_images": len(c)}, len(c)) for c in chunks]
+    return [({key: c}, len(c)) for c in chunks]
 
 
 def _save_masks(out, paths: list[Path], folder: Path) -> None:
@@ -304,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cfg-off-last", type=int, default=0, metavar="N",
                    help="run the last N scale steps without classifier-free guidance (half their work)")
     g.add_argument("--out", default="out.png", help="output PNG (several images: out_0.png, out_1.png, ...)")
+    g.add_argument("--batch-size", type=int, help="images per pipeline call (default: all at once); batch k draws "
+                   "with seed + k")
     g.add_argument("--stats", help="write per-step statistics as JSON here")
     g.add_argument("--save-masks", metavar="DIR", help="write each pruned step's image with pruned slots dimmed")
     g.set_defaults(func=cmd_generate)
