@@ -178,3 +178,13 @@ def test_cli_generates_in_batches_each_with_its_seed(tmp_path):
     for i, image in enumerate(first + second):
         assert np.array_equal(np.asarray(Image.open(tmp_path / f"x_{i}.png")), np.asarray(image))
     assert main(["generate", "a red apple", "--batch-size", "0", "--out", str(out)]) == 2
+
+
+def test_cli_eval_in_batches_keeps_baseline_and_variant_paired(tmp_path):
+    table = tmp_path / "eval.json"
+    assert main(["eval", "a red apple", "a banana", "pizza", "--seeds", "0-1", "--schedules", "none|0.5,1",
+                 "--batch-size", "2", "--quiet", "--json", str(table)]) == 0
+    baseline, same, pruned = json.loads(table.read_text())["rows"]
+    assert baseline["runs"] == same["runs"] == pruned["runs"] == 6  # 3 prompts x 2 seeds, in 2 calls per seed
+    assert same["identical_images"] == 6  # each image met its own baseline: same batch, same seed
+    assert pruned["identical_images"] == 0 and pruned["psnr_db_mean"] < 40

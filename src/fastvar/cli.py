@@ -136,10 +136,15 @@ def cmd_generate(args: argparse.Namespace) -> None:
         Path(args.stats).write_text(json.dumps(stats[0] if len(stats) == 1 else {"batches": stats}, indent=1))
 
 
-def _generate_calls(backbone: str, args: argparse.Namespace) -> list[tuple[dict, int]]:
-    """The pipeline calls of ``fastvar generate`` with their image counts: all at once, or ``--batch-size`` each."""
+def _batch_size(args: argparse.Namespace, default: int) -> int:
+    """``--batch-size``, checked; ``default`` when not given."""
     if args.batch_size is not None and args.batch_size < 1:
         raise FastVARError(f"--batch-size must be >= 1, got {args.batch_size}")
+    return args.batch_size or default
+
+
+def _generate_calls(backbone: str, args: argparse.Namespace) -> list[tuple[dict, int]]:
+    """The pipeline calls of ``fastvar generate`` with their image counts: all at once, or ``--batch-size`` each."""
     if backbone != "var":
         items, key = prompts_of(args), "prompts"
         if not items:
@@ -151,7 +156,7 @@ def _generate_calls(backbone: str, args: argparse.Namespace) -> list[tuple[dict,
         if count < 1:
             raise FastVARError(f"--num-images must be >= 1, got {count}")
         items, key = [None] * count, "num_images"
-    size = args.batch_size or len(items)
+    size = _batch_size(args, len(items))
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
     if key == "num_images":
         return [({"class_labels": None, "num_images": len(c)}, len(c)) for c in chunks]
@@ -225,7 +230,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     report = lambda i, n: print(f"\r{i}/{n} runs", end="", file=sys.stderr, flush=True)  # noqa: E731
     rows, grid = evaluate(pipe, conds, seeds, variants, progress=None if args.quiet else report,
                           grid_images=args.grid_rows if args.grid else 0, variant_pipe=variant_pipe,
-                          features=features, reference=reference, **sampling_kwargs(backbone, args))
+                          features=features, reference=reference, batch_size=_batch_size(args, len(conds)),
+                          **sampling_kwargs(backbone, args))
     print(file=sys.stderr)
     table = markdown_table(rows)
     print(table)
@@ -234,8 +240,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
     if args.grid:
-        captions = [f"{_caption(c)}, seed {s}" for c in conds for s in seeds][: len(grid)]
-        image_grid(grid, ["baseline", *variants], captions).save(args.grid)
+        image_grid([images for _, _, images in grid], ["baseline", *variants],
+                   [f"{_caption(c)}, seed {s}" for c, s, _ in grid]).save(args.grid)
 
 
 def _caption(cond: dict) -> str:
@@ -342,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cfg-off-last", default="0", metavar="N[,N...]",
                    help="also turn guidance off at the last N scale steps (each value crossed with each schedule; "
                         "the baseline stays guided), e.g. 0,2")
+    e.add_argument("--batch-size", type=int, help="images per pipeline call (default 1); a batch's baseline and its "
+                   "variants run with the same seed")
     e.add_argument("--features", metavar="MODEL",
                    help="your image network for feature fidelity: a TorchScript file, or package.module:function; "
                         "(B,3,H,W) images in [0,1] -> (B,D) features (adds feature cosine and Fréchet distance)")

@@ -37,7 +37,8 @@ class ScheduleResult:
     detail: list[float] = field(default_factory=list)
     agreement: dict[int, list[float]] = field(default_factory=dict)  # step -> per-run token agreement
     skipped: list[int] = field(default_factory=list)
-    features: list[torch.Tensor] = field(default_factory=list)  # per run, (B, D) features of the user's model
+    features: list[torch.Tensor] = field(default_factory=list)  # per call, (B, D) features of the user's model
+    images: int = 0
 
     def summary(self, baseline: ScheduleResult | None, reference: torch.Tensor | None = None) -> dict:
         """The row of this schedule; against ``baseline`` (None: this is the baseline) and, with features, against
@@ -46,7 +47,7 @@ class ScheduleResult:
         mine = torch.cat(self.features) if self.features else None  # (runs x B, D)
         row = {
             "schedule": self.name,
-            "runs": len(self.loop_ms),
+            "runs": self.images,  # images generated (loop times are per call of a batch)
             "tokens_forwarded": round(statistics.mean(self.tokens), 1),
             "loop_ms_median": round(statistics.median(self.loop_ms), 2),
             "skipped_steps": self.skipped,
@@ -72,11 +73,13 @@ class ScheduleResult:
 
 def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: dict[str, dict], *, progress=None,
              grid_images: int = 0, variant_pipe=None, features: FeatureModel | None = None,
-             reference: torch.Tensor | None = None, **call_kwargs) -> tuple[list[dict], list[list[Image.Image]]]:
-    """Run every (condition, seed) unaccelerated and under each variant; returns summary rows and image rows for a
-    grid.
+             reference: torch.Tensor | None = None, batch_size: int = 1,
+             **call_kwargs) -> tuple[list[dict], list[tuple[dict, int, list[Image.Image]]]]:
+    """Run every (condition, seed) unaccelerated and under each variant; returns summary rows and, for a grid, rows
+    of images (condition and seed of the row's first image, baseline then variants).
 
-    ``conditions`` are keyword dicts for one image each (``{"class_labels": [207]}`` or ``{"prompts": ["a cat"]}``);
+    ``conditions`` are keyword dicts for one image each (``{"class_labels": [207]}`` or ``{"prompts": ["a cat"]}``),
+    generated ``batch_size`` per call (the baseline and its variants always in the same batch, with the same seed);
     ``variants`` map a name to the call arguments that accelerate (``{"pruning": ..., "cfg_off_last": ...}``).
     ``variant_pipe`` (e.g. the same model with int8 weights) runs the variants instead of ``pipe``, which still
     makes the reference. ``features`` (a user's image network, ``fastvar.eval.features``) adds the feature cosine
@@ -87,9 +90,11 @@ def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: d
     depth = len(pipe.model.blocks)
     base = ScheduleResult("none (baseline)")
     results = {name: ScheduleResult(name) for name in variants}
-    grid: list[list[Image.Image]] = []
-    runs = [(c, s) for c in conditions for s in seeds]
-    for i, (cond, seed) in enumerate(runs):
+    grid: list[tuple[dict, int, list[Image.Image]]] = []
+    chunks = [conditions[i:i + batch_size] for i in range(0, len(conditions), batch_size)]
+    runs = [(chunk, s) for chunk in chunks for s in seeds]
+    for i, (chunk, seed) in enumerate(runs):
+        cond = {key: [v for c in chunk for v in c[key]] for key in chunk[0]}  # one call for the chunk's images
         ref = pipe(**cond, seed=seed, pruning=None, output_type="pt", return_tokens=True, timed=True, **call_kwargs)
         _record(base, ref, depth, features)
         row = format_images(ref.images, "pil")[:1] if i < grid_images else None
@@ -107,7 +112,7 @@ def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: d
             if row is not None:
                 row += format_images(out.images, "pil")[:1]
         if row is not None:
-            grid.append(row)
+            grid.append((chunk[0], seed, row))
         if progress:
             progress(i + 1, len(runs))
     rows = [base.summary(None, reference)] + [r.summary(base, reference) for r in results.values()]
@@ -117,6 +122,7 @@ def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: d
 def _record(r: ScheduleResult, out, depth: int, features: FeatureModel | None) -> None:
     if features is not None:
         r.features.append(extract(features, out.images))
+    r.images += out.images.shape[0]
     r.loop_ms.append(sum(s.get("ms", 0.0) for s in out.stats["steps"]))
     r.tokens.append(tokens_forwarded(out.stats, depth))
     r.row_tokens.append(tokens_forwarded(out.stats, depth, per_row=True))
