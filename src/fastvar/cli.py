@@ -264,7 +264,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
                 cfg = pipe.bench_config(args.batch, resolution)
                 cfg["kwargs"].update(pruning=None if pruning == "none" else pruning, cfg_off_last=off,
                                      **sampling_kwargs(backbone, args))
-                cfg.update(label=f"{cfg['resolution']}px b{args.batch} {_variant_label(pruning, off)}",
+                size = f"{cfg['resolution']}px" + (f" {args.aspect}" if args.aspect else "")
+                cfg.update(label=f"{size} b{args.batch} {_variant_label(pruning, off)}",
                            group=cfg["resolution"], pruning=pruning, cfg_off_last=off)
                 configs.append(cfg)
     results = run_bench(pipe, configs, warmup=args.warmup, repeats=args.repeats, peak_tflops=args.peak_tflops)
