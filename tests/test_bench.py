@@ -46,6 +46,9 @@ def test_bench_cli_smoke(golden_var, tmp_path, capsys):
                  "--warmup", "1", "--repeats", "2", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     rows = report["results"]
+    env = report["environment"]
+    assert env["command"].startswith("fastvar bench --model var") and env["torch"] == torch.__version__
+    assert env["cpu_threads"] == torch.get_num_threads() and env["cpu"]
     assert [row["pruning"] for row in rows] == ["none", "0.5,1"]
     assert rows[0]["speedup_loop"] == 1.0 and rows[1]["tokens_forwarded"] < rows[0]["tokens_forwarded"]
     assert rows[1]["stats"]["skipped_steps"] == [6]

@@ -252,7 +252,7 @@ def _caption(cond: dict) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .eval.bench import format_results, plot, run_bench
+    from .eval.bench import environment, format_results, plot, run_bench
 
     backbone, pipe = load_from_args(args)
     pipe.set_progress_bar_config(disable=True)
@@ -275,7 +275,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(format_results(results))
     if args.out:
         report = {"model": args.model, "device": device, "dtype": args.dtype, "quantize": args.quantize,
-                  "torch": torch.__version__, "results": results}
+                  "environment": environment(pipe.device, "fastvar " + " ".join(args.argv)), "results": results}
         Path(args.out).write_text(json.dumps(report, indent=1, default=str))
     if args.plot:
         plot(results, args.plot)
@@ -390,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         args.func(args)
     except FastVARError as exc:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -62,6 +64,30 @@ def weights_mb(pipe) -> dict[str, float]:
         parts["text_encoder"] = text if isinstance(text, nn.Module) else text.model
     return {name: sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers())) / 2**20
             for name, m in parts.items()}
+
+
+def environment(device: torch.device, command: str) -> dict:
+    """What a reader needs to reproduce a timing: versions, hardware, threads, the command and fastvar's commit."""
+    import platform
+
+    from .. import __version__
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        commit = None
+    env = {"fastvar": __version__, "git_commit": commit, "torch": torch.__version__, "python": platform.python_version(),
+           "cpu": cpu, "cpu_threads": torch.get_num_threads(), "command": command}
+    if device.type == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+    return env
 
 
 def _sync(device: torch.device) -> None:
