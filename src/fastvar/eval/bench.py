@@ -11,7 +11,6 @@ ran (tokens forwarded per layer, keys attended), so pruned and skipped steps cou
 """
 from __future__ import annotations
 
-import resource
 import statistics
 import subprocess
 import sys
@@ -98,7 +97,12 @@ def _sync(device: torch.device) -> None:
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+    try:
+        import resource
+    except ImportError:  # Windows has no peak resident set in the standard library
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # process peak RSS: KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def bench_one(call: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict:
