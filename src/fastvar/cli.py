@@ -131,7 +131,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     loop_ms = sum(s.get("ms", 0.0) for st in stats for s in st["steps"])
     shown = ", ".join(map(str, paths)) if len(paths) <= 8 else f"{paths[0]} ... {paths[-1]} ({len(paths)} images)"
     print(f"wrote {shown} ({len(stats[0]['steps'])} scale steps, skipped {stats[0]['skipped_steps']}, "
-          f"pruned {stats[0]['pruned_steps']}, transformer loop {loop_ms:.0f} ms in {len(calls)} batch(es))")
+          f"pruned {stats[0]['pruned_steps']}, transformer loop {loop_ms:.0f} ms"
+          + (f" in {len(calls)} batches)" if len(calls) > 1 else ")"))
     if args.stats:
         Path(args.stats).write_text(json.dumps(stats[0] if len(stats) == 1 else {"batches": stats}, indent=1))
 
