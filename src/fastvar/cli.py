@@ -119,9 +119,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     paths = _output_paths(Path(args.out), sum(n for _, n in calls))
     stats, start = [], 0
     for k, (call, n) in enumerate(calls):  # batch k draws with seed + k
-        out = pipe(seed=args.seed + k, pruning=args.pruning, cfg_off_last=args.cfg_off_last, timed=True, **kwargs,
-                   **call)
         batch_paths, start = paths[start:start + n], start + n
+        on_step = _step_saver(Path(args.save_steps), batch_paths) if args.save_steps else None
+        out = pipe(seed=args.seed + k, pruning=args.pruning, cfg_off_last=args.cfg_off_last, timed=True,
+                   on_step=on_step, **kwargs, **call)
         for image, path in zip(out.images, batch_paths):
             path.parent.mkdir(parents=True, exist_ok=True)
             image.save(path)
@@ -135,6 +136,19 @@ def cmd_generate(args: argparse.Namespace) -> None:
           + (f" in {len(calls)} batches)" if len(calls) > 1 else ")"))
     if args.stats:
         Path(args.stats).write_text(json.dumps(stats[0] if len(stats) == 1 else {"batches": stats}, indent=1))
+
+
+def _step_saver(folder: Path, paths: list[Path]):
+    """An ``on_step`` callback writing the image decoded after every computed scale step (``--save-steps``)."""
+    from .outputs import format_images
+
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(si: int, images) -> None:
+        for image, path in zip(format_images(images(), "pil"), paths):
+            image.save(folder / f"{path.stem}_step{si:02d}.png")
+
+    return save
 
 
 def _batch_size(args: argparse.Namespace, default: int) -> int:
@@ -338,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "with seed + k")
     g.add_argument("--stats", help="write per-step statistics as JSON here")
     g.add_argument("--save-masks", metavar="DIR", help="write each pruned step's image with pruned slots dimmed")
+    g.add_argument("--save-steps", metavar="DIR", help="write the image decoded after every scale step (a VAE decode "
+                   "each: slower)")
     g.set_defaults(func=cmd_generate)
 
     e = sub.add_parser("eval", help="speed and fidelity of pruning schedules against the unpruned output")

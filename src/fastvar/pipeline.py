@@ -1,7 +1,7 @@
 """``load_pipeline`` and what every backbone's pipeline shares: pruning, generator, the loop call, outputs."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -14,6 +14,7 @@ from .pruning import PruningSchedule, resolve_pruning
 from .pruning.fastvar import kept_masks
 
 BACKBONES = ("var", "infinity", "hart", "demo")
+StepCallback = Callable[[int, Callable[[], torch.Tensor]], None]  # (scale step, decode the image so far)
 
 
 class Pipeline:
@@ -35,6 +36,7 @@ class Pipeline:
         generator: torch.Generator | None,
         cfg_off_last: int = 0,
         stages: StageTimer | None = None,
+        on_step: StepCallback | None = None,
     ) -> tuple[list[torch.Tensor], GenerationContext]:
         """Run the shared next-scale loop over ``scales`` with the requested pruning (``state.B`` images).
 
@@ -44,18 +46,25 @@ class Pipeline:
         The KV and restoration caches are freed when the loop ends, before the backbone decodes: at 2048² they are
         GBs, and the VAE decoder's own activations peak then. ``stages``: the call's timer (``stage_timer``; None:
         untimed); the time until here is the ``condition`` stage, the loop and its set-up the ``loop`` stage, and an
-        enabled timer also times every step."""
+        enabled timer also times every step. ``on_step(step, images)`` is called after each computed scale step;
+        ``images()`` decodes what has been accumulated so far ((B, 3, H, W) in [0, 1]: a full VAE decode, so only
+        on request)."""
         stages = stages or self.stage_timer(False)
         stages.mark("condition")
         schedule = resolve_pruning(pruning)
         pruner = schedule.pruner(len(scales), len(self.model.blocks)) if schedule is not None else None
         ctx = GenerationContext(scales, generator=generator, pruner=pruner, cfg_off_last=cfg_off_last,
                                 timed=stages.enabled, device=self.device)
-        tokens = run_scales(self.model, state, ctx, progress=self.progress)
+        report = None if on_step is None else lambda si: on_step(si, lambda: self.images(state))
+        tokens = run_scales(self.model, state, ctx, progress=self.progress, on_step=report)
         ctx.kept_masks = kept_masks(ctx, rows=state.B)
         ctx.release()
         stages.mark("loop")
         return tokens, ctx
+
+    def images(self, state: Any) -> torch.Tensor:
+        """(B, 3, H, W) images in [0, 1] decoded from the latent ``state`` has accumulated (each backbone's own)."""
+        raise NotImplementedError
 
     def stage_timer(self, timed: bool) -> StageTimer:
         """The timer of one call, started now (``timed=False``: records nothing)."""

@@ -8,7 +8,7 @@ what was accumulated. At the unguided last steps (``ctx.guided``) the backbone f
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -30,8 +30,10 @@ class NextScaleModel(Protocol):
 
 
 @torch.inference_mode()
-def run_scales(model: NextScaleModel, state: Any, ctx: GenerationContext, *, progress: bool = False) -> list[torch.Tensor]:
-    """Run every scale step of ``ctx.scales``; returns the sampled tokens of each computed step."""
+def run_scales(model: NextScaleModel, state: Any, ctx: GenerationContext, *, progress: bool = False,
+               on_step: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+    """Run every scale step of ``ctx.scales``; returns the sampled tokens of each computed step. ``on_step(si)`` is
+    called after each computed step has updated the state (outside the step's time)."""
     tokens: list[torch.Tensor] = []
     for si in tqdm(range(len(ctx.scales)), desc="scales", disable=not progress, leave=False):
         if ctx.pruner.skips(si):
@@ -48,4 +50,6 @@ def run_scales(model: NextScaleModel, state: Any, ctx: GenerationContext, *, pro
         model.update(state, step_tokens, ctx)
         tokens.append(step_tokens)
         ctx.end_step(rows=x.shape[0])
+        if on_step is not None:
+            on_step(si)
     return tokens

@@ -10,11 +10,11 @@ from ...core.loading import StateDict, build_and_load, move_parameters, read_sta
 from ...core.sampling import check_sampling_args, make_generator
 from ...errors import CheckpointError, FastVARError
 from ...outputs import GenerationOutput, check_output_type
-from ...pipeline import Pipeline, resolve_generator
+from ...pipeline import Pipeline, StepCallback, resolve_generator
 from ...pruning import PruningSchedule
 from ..common import quantized_layers
 from .config import CONFIGS, PATCH_NUMS_1024, HARTModelSpec, load_spec
-from .model import HARTForT2I
+from .model import HARTForT2I, HARTState
 from .text import Qwen2TextEncoder, context_position_ids
 from .tokenizer import HARTTokenizer
 
@@ -161,6 +161,7 @@ class HARTPipeline(Pipeline):
         output_type: str = "pil",
         return_tokens: bool = False,
         timed: bool = False,
+        on_step: StepCallback | None = None,
     ) -> GenerationOutput:
         """Generate one image per prompt (official ``autoregressive_infer_cfg`` as ``sample.py`` runs it).
 
@@ -184,10 +185,13 @@ class HARTPipeline(Pipeline):
                                    top_p=top_p, more_smooth=more_smooth, diffusion=diffusion,
                                    diffusion_generator=self._diffusion_generator(seed, diffusion_seed))
         tokens, ctx = self.run(state, [(pn, pn) for pn in patch_nums], pruning=pruning, generator=rng,
-                               cfg_off_last=cfg_off_last, stages=stages)
-        images = self.vae.fhat_to_img(state.f_hat).add(1).mul(0.5)
+                               cfg_off_last=cfg_off_last, stages=stages, on_step=on_step)
+        images = self.images(state)
         stages.mark("decode")
         return self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens, stages=stages)
+
+    def images(self, state: HARTState) -> torch.Tensor:
+        return self.vae.fhat_to_img(state.f_hat).add(1).mul(0.5)
 
     def bench_config(self, batch: int, resolution: int | None) -> dict:
         """Call arguments and work-count facts for ``fastvar bench``: random context features, every token real."""

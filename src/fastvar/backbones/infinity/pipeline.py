@@ -10,12 +10,12 @@ from ...core.loading import StateDict, build_and_load, move_parameters, read_sta
 from ...core.sampling import check_sampling_args
 from ...errors import CheckpointError, FastVARError
 from ...outputs import GenerationOutput, check_output_type
-from ...pipeline import Pipeline, resolve_generator
+from ...pipeline import Pipeline, StepCallback, resolve_generator
 from ...pruning import PruningSchedule
 from ..common import in_blocks, quantized_layers
 from . import schedules
 from .config import CONFIGS, InfinityModelSpec, load_spec
-from .model import Infinity, per_step
+from .model import Infinity, InfinityState, per_step
 from .text import T5TextEncoder, TextCondition, as_text_condition
 from .vae import DERIVED_KEYS as VAE_DERIVED
 from .vae import InfinityVAE
@@ -116,6 +116,7 @@ class InfinityPipeline(Pipeline):
         output_type: str = "pil",
         return_tokens: bool = False,
         timed: bool = False,
+        on_step: StepCallback | None = None,
     ) -> GenerationOutput:
         """Generate one image per prompt (``autoregressive_infer_cfg`` as ``gen_one_img`` calls it: CFG on logits).
 
@@ -152,9 +153,9 @@ class InfinityPipeline(Pipeline):
         rng = resolve_generator(seed, generator, self.device)
         state = self.model.prepare(text, scales, schedules.rope_grid(template), negative=negative, cfg=cfgs, tau=taus,
                                    top_k=top_k, top_p=top_p)
-        tokens, ctx = self.run(state, scales, pruning=pruning, generator=rng,
-                               cfg_off_last=max(cfg_off_last, state.unguided_tail), stages=stages)
-        images = self.decode(state.summed_codes).add(1).div(2)
+        tokens, ctx = self.run(state, scales, pruning=pruning, generator=rng, stages=stages, on_step=on_step,
+                               cfg_off_last=max(cfg_off_last, state.unguided_tail))
+        images = self.images(state)
         stages.mark("decode")
         out = self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens, stages=stages)
         out.stats.update(h_div_w_template=template, scale_schedule=[list(s) for s in scales])
@@ -167,6 +168,9 @@ class InfinityPipeline(Pipeline):
         bf16 = self.model.blocks[0].ffn.fc1.weight.dtype == torch.bfloat16
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             return self.vae.decode(summed_codes).float()
+
+    def images(self, state: InfinityState) -> torch.Tensor:
+        return self.decode(state.summed_codes).add(1).div(2)
 
     def bench_config(self, batch: int, resolution: int | None, text_tokens: int = 64) -> dict:
         """Call arguments and work-count facts for ``fastvar bench``: random text features of the right width."""

@@ -9,11 +9,11 @@ from ...core.loading import StateDict, build_and_load, move_parameters, read_sta
 from ...core.sampling import check_sampling_args
 from ...errors import CheckpointError, FastVARError
 from ...outputs import GenerationOutput, check_output_type
-from ...pipeline import Pipeline, resolve_generator
+from ...pipeline import Pipeline, StepCallback, resolve_generator
 from ...pruning import PruningSchedule
 from ..common import quantized_layers
 from .config import CONFIGS, VARModelSpec, load_spec
-from .model import VAR
+from .model import VAR, VARState
 from .vqvae import VQVAE
 
 VAE_DERIVED = [r"quantize\.ema_vocab_hit_SV"]
@@ -84,6 +84,7 @@ class VARPipeline(Pipeline):
         output_type: str = "pil",
         return_tokens: bool = False,
         timed: bool = False,
+        on_step: StepCallback | None = None,
     ) -> GenerationOutput:
         """Generate one image per class label (``autoregressive_infer_cfg`` of the official code).
 
@@ -98,10 +99,13 @@ class VARPipeline(Pipeline):
         labels = self._labels(class_labels, num_images, rng)
         state = self.model.prepare(labels, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
         tokens, ctx = self.run(state, self.model.scales, pruning=pruning, generator=rng,
-                               cfg_off_last=cfg_off_last, stages=stages)
-        images = self.vae.fhat_to_img(state.f_hat).add(1).mul(0.5)
+                               cfg_off_last=cfg_off_last, stages=stages, on_step=on_step)
+        images = self.images(state)
         stages.mark("decode")
         return self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens, stages=stages)
+
+    def images(self, state: VARState) -> torch.Tensor:
+        return self.vae.fhat_to_img(state.f_hat).add(1).mul(0.5)
 
     def bench_config(self, batch: int, resolution: int | None) -> dict:
         """Call arguments and work-count facts for ``fastvar bench`` (random labels; VAR's size is fixed)."""
