@@ -188,3 +188,12 @@ def test_cli_eval_in_batches_keeps_baseline_and_variant_paired(tmp_path):
     assert baseline["runs"] == same["runs"] == pruned["runs"] == 6  # 3 prompts x 2 seeds, in 2 calls per seed
     assert same["identical_images"] == 6  # each image met its own baseline: same batch, same seed
     assert pruned["identical_images"] == 0 and pruned["psnr_db_mean"] < 40
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    assert main(["generate", "a red apple", "--quiet", "--out", str(blocker / "apple.png")]) == 2
+    assert main(["generate", "a red apple", "--quiet", "--save-steps", str(blocker / "steps"),
+                 "--out", str(tmp_path / "apple.png")]) == 2
+    assert capsys.readouterr().err.count("fastvar: error:") == 2

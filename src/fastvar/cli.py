@@ -419,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         print("fastvar: error: out of GPU memory; try a smaller batch or resolution, --pruning, --dtype bf16, "
               "--text-encoder-device cpu or --quantize int8", file=sys.stderr)
         return 3
+    except OSError as exc:  # an output path that cannot be written (a file where a folder should be, permissions...)
+        print(f"fastvar: error: {exc}", file=sys.stderr)
+        return 2
     except RuntimeError as exc:
         if CPU_OUT_OF_MEMORY not in str(exc):
             raise
