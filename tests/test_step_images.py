@@ -1,6 +1,8 @@
 """``on_step``: the image decoded after every computed scale step (every backbone), and ``--save-steps``."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 from PIL import Image
@@ -50,3 +52,14 @@ def test_cli_saves_the_image_of_every_step(tmp_path):
     assert sorted(p.name for p in steps.iterdir()) == [f"apple_step{i:02d}.png" for i in range(6)]  # 16x16 skipped
     last, final = (np.asarray(Image.open(p)) for p in (steps / "apple_step05.png", tmp_path / "apple.png"))
     assert np.array_equal(last, final)
+
+
+def test_cli_eval_reports_how_close_each_step_already_is(tmp_path):
+    table = tmp_path / "eval.json"
+    assert main(["eval", "a red apple", "a banana", "--seeds", "0-1", "--schedules", "0.5,1", "--convergence",
+                 "--quiet", "--json", str(table)]) == 0
+    baseline = json.loads(table.read_text())["rows"][0]
+    per_step = baseline["convergence_per_step"]
+    assert list(per_step) == [str(si) for si in range(7)]  # every step of the unaccelerated run
+    assert per_step["6"] == {"psnr_db_to_final": float("inf"), "detail_of_final": 1.0}  # the last image is the final
+    assert per_step["0"]["psnr_db_to_final"] < per_step["5"]["psnr_db_to_final"] < float("inf")

@@ -245,7 +245,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     report = lambda i, n: print(f"\r{i}/{n} runs", end="", file=sys.stderr, flush=True)  # noqa: E731
     rows, grid = evaluate(pipe, conds, seeds, variants, progress=None if args.quiet else report,
                           grid_images=args.grid_rows if args.grid else 0, variant_pipe=variant_pipe,
-                          features=features, reference=reference, batch_size=_batch_size(args, len(conds)),
+                          features=features, reference=reference, batch_size=_batch_size(args, 1),
+                          convergence=args.convergence,
                           **sampling_kwargs(backbone, args))
     print(file=sys.stderr)
     table = markdown_table(rows)
@@ -373,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(B,3,H,W) images in [0,1] -> (B,D) features (adds feature cosine and Fréchet distance)")
     e.add_argument("--reference-dir", metavar="DIR",
                    help="real images (png/jpg/webp, any size): adds each row's Fréchet distance to them with --features")
+    e.add_argument("--convergence", action="store_true",
+                   help="also report, per scale step, how close the unaccelerated image already is to its final "
+                        "image (PSNR, detail): where pruning can start (a VAE decode per step)")
     e.add_argument("--json", help="write the table as JSON here")
     e.add_argument("--markdown", help="write the table as markdown here")
     e.add_argument("--grid", help="write a side-by-side image grid (baseline, then each schedule) here")

@@ -39,6 +39,7 @@ class ScheduleResult:
     skipped: list[int] = field(default_factory=list)
     features: list[torch.Tensor] = field(default_factory=list)  # per call, (B, D) features of the user's model
     images: int = 0
+    convergence: dict[int, tuple[list[float], list[float]]] = field(default_factory=dict)  # step -> (PSNR, detail)
 
     def summary(self, baseline: ScheduleResult | None, reference: torch.Tensor | None = None) -> dict:
         """The row of this schedule; against ``baseline`` (None: this is the baseline) and, with features, against
@@ -56,7 +57,7 @@ class ScheduleResult:
             row["speedup"] = round(statistics.median(baseline.loop_ms) / statistics.median(self.loop_ms), 3)
             row["tokens_ratio"] = round(statistics.mean(baseline.tokens) / statistics.mean(self.tokens), 3)
             row["work_ratio"] = round(statistics.mean(baseline.row_tokens) / statistics.mean(self.row_tokens), 3)
-            row["psnr_db_mean"] = round(statistics.mean(finite), 2) if finite else float("inf")
+            row["psnr_db_mean"] = _finite_mean(self.psnr)
             row["identical_images"] = len(self.psnr) - len(finite)
             row["ssim_mean"] = round(statistics.mean(self.ssim), 4)
             row["detail_ratio_mean"] = round(statistics.mean(self.detail), 3)
@@ -68,12 +69,16 @@ class ScheduleResult:
                     row["frechet_distance"] = round(frechet_distance(mine, theirs), 5)
         if reference is not None and mine is not None and len(mine) >= 2:
             row["frechet_distance_to_reference"] = round(frechet_distance(mine, reference), 5)
+        if self.convergence:
+            row["convergence_per_step"] = {
+                step: {"psnr_db_to_final": _finite_mean(p), "detail_of_final": round(statistics.mean(d), 3)}
+                for step, (p, d) in sorted(self.convergence.items())}
         return row
 
 
 def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: dict[str, dict], *, progress=None,
              grid_images: int = 0, variant_pipe=None, features: FeatureModel | None = None,
-             reference: torch.Tensor | None = None, batch_size: int = 1,
+             reference: torch.Tensor | None = None, batch_size: int = 1, convergence: bool = False,
              **call_kwargs) -> tuple[list[dict], list[tuple[dict, int, list[Image.Image]]]]:
     """Run every (condition, seed) unaccelerated and under each variant; returns summary rows and, for a grid, rows
     of images (condition and seed of the row's first image, baseline then variants).
@@ -85,6 +90,8 @@ def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: d
     makes the reference. ``features`` (a user's image network, ``fastvar.eval.features``) adds the feature cosine
     similarity to the baseline and the Fréchet distance between the variant's and the baseline's image sets;
     ``reference`` (features of real images) adds every row's Fréchet distance to them (FID with Inception features).
+    ``convergence``: the baseline row also says, per scale step, how close the image decoded after that step already
+    is to the final one (PSNR, share of its high-frequency detail): what FastVAR relies on (a VAE decode per step).
     """
     variant_pipe = variant_pipe or pipe
     depth = len(pipe.model.blocks)
@@ -95,8 +102,15 @@ def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: d
     runs = [(chunk, s) for chunk in chunks for s in seeds]
     for i, (chunk, seed) in enumerate(runs):
         cond = {key: [v for c in chunk for v in c[key]] for key in chunk[0]}  # one call for the chunk's images
-        ref = pipe(**cond, seed=seed, pruning=None, output_type="pt", return_tokens=True, timed=True, **call_kwargs)
+        steps: dict[int, torch.Tensor] = {}
+        keep = (lambda si, images: steps.__setitem__(si, images())) if convergence else None
+        ref = pipe(**cond, seed=seed, pruning=None, output_type="pt", return_tokens=True, timed=True, on_step=keep,
+                   **call_kwargs)
         _record(base, ref, depth, features)
+        for si, image in steps.items():
+            p, d = base.convergence.setdefault(si, ([], []))
+            p += psnr(image, ref.images).tolist()
+            d += detail_ratio(image, ref.images).tolist()
         row = format_images(ref.images, "pil")[:1] if i < grid_images else None
         for name, variant in variants.items():
             out = variant_pipe(**cond, seed=seed, **variant, output_type="pt", return_tokens=True, timed=True,
@@ -117,6 +131,12 @@ def evaluate(pipe, conditions: Sequence[dict], seeds: Sequence[int], variants: d
             progress(i + 1, len(runs))
     rows = [base.summary(None, reference)] + [r.summary(base, reference) for r in results.values()]
     return rows, grid
+
+
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values (identical images have infinite PSNR); inf when all are."""
+    finite = [v for v in values if v != float("inf")]
+    return round(statistics.mean(finite), 2) if finite else float("inf")
 
 
 def _record(r: ScheduleResult, out, depth: int, features: FeatureModel | None) -> None:
@@ -150,6 +170,11 @@ def markdown_table(rows: list[dict]) -> str:
         if with_reference:
             line += f" {r.get('frechet_distance_to_reference', '-')} |"
         lines.append(line)
+    converged = next((r["convergence_per_step"] for r in rows if "convergence_per_step" in r), None)
+    if converged:
+        lines += ["", "| scale step | PSNR dB of the image so far vs the final (mean) | its share of the final detail |",
+                  "|---|---|---|"]
+        lines += [f"| {step} | {v['psnr_db_to_final']} | {v['detail_of_final']} |" for step, v in converged.items()]
     return "\n".join(lines)
 
 
