@@ -197,3 +197,22 @@ def test_unwritable_output_is_a_clear_error(tmp_path, capsys):
     assert main(["generate", "a red apple", "--quiet", "--save-steps", str(blocker / "steps"),
                  "--out", str(tmp_path / "apple.png")]) == 2
     assert capsys.readouterr().err.count("fastvar: error:") == 2
+
+
+def test_cli_eval_makes_one_call_per_image_by_default(monkeypatch, tmp_path):
+    from fastvar.demo.pipeline import DemoPipeline
+
+    batches = []
+    call = DemoPipeline.__call__
+
+    def counting(self, prompts=None, **kwargs):
+        batches.append(len(prompts))
+        return call(self, prompts, **kwargs)
+
+    monkeypatch.setattr(DemoPipeline, "__call__", counting)
+    assert main(["eval", "a red apple", "a banana", "pizza", "--seeds", "0", "--schedules", "1", "--quiet"]) == 0
+    assert batches == [1] * 6  # 3 images x (baseline + 1 schedule)
+    batches.clear()
+    assert main(["eval", "a red apple", "a banana", "pizza", "--seeds", "0", "--schedules", "1", "--batch-size", "2",
+                 "--quiet"]) == 0
+    assert batches == [2, 2, 1, 1]
