@@ -208,6 +208,22 @@ def test_cli_save_masks_writes_pruned_token_maps(golden_args, tmp_path):
                  "--out", str(out)]) == 2  # nothing pruned: a clear error
 
 
+def test_cli_draws_labels_per_batch_like_the_official_sampler(golden_args, golden_var, tmp_path):
+    """--num-images 3 --batch-size 2: batch k draws its labels and tokens with seed + k, as one official call would."""
+    import numpy as np
+    from PIL import Image
+
+    assert main(["generate", *golden_args, "--num-images", "3", "--batch-size", "2", "--seed", "4", "--quiet",
+                 "--out", str(tmp_path / "v.png")]) == 0
+    root = golden_var.root
+    pipe = load_pipeline("var", vae=root / "vae.pth", transformer=root / "var.pth", config=root / "config.json")
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(num_images=2, seed=4).images + pipe(num_images=1, seed=5).images
+    for i, image in enumerate(expected):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"v_{i}.png")), np.asarray(image))
+    assert main(["generate", *golden_args, "--num-images", "0", "--out", str(tmp_path / "w.png")]) == 2
+
+
 def test_kv_and_restoration_caches_are_freed_before_decoding(golden_var):
     root = golden_var.root
     pipe = load_pipeline("var", vae=root / "vae.pth", transformer=root / "var.pth", config=root / "config.json")
