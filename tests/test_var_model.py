@@ -222,6 +222,9 @@ def test_cli_draws_labels_per_batch_like_the_official_sampler(golden_args, golde
     for i, image in enumerate(expected):
         assert np.array_equal(np.asarray(Image.open(tmp_path / f"v_{i}.png")), np.asarray(image))
     assert main(["generate", *golden_args, "--num-images", "0", "--out", str(tmp_path / "w.png")]) == 2
+    assert main(["generate", *golden_args, "a dog", "--out", str(tmp_path / "w.png")]) == 2  # no silent prompt
+    assert main(["generate", "a red apple", "--class", "3", "--out", str(tmp_path / "w.png")]) == 2  # text model
+    assert main(["generate", "a red apple", "--num-images", "2", "--out", str(tmp_path / "w.png")]) == 2
 
 
 def test_kv_and_restoration_caches_are_freed_before_decoding(golden_var):

@@ -161,9 +161,13 @@ def _batch_size(args: argparse.Namespace, default: int) -> int:
 def _generate_calls(backbone: str, args: argparse.Namespace) -> list[tuple[dict, int]]:
     """The pipeline calls of ``fastvar generate`` with their image counts: all at once, or ``--batch-size`` each."""
     if backbone != "var":
+        if args.class_labels or args.num_images is not None:
+            raise FastVARError(f"{backbone} is text-to-image: one image per prompt (no --class or --num-images)")
         items, key = prompts_of(args), "prompts"
         if not items:
             raise FastVARError(f"{backbone} needs a prompt: fastvar generate --model {args.model} ... \"a red apple\"")
+    elif args.prompt or args.prompts_file:
+        raise FastVARError("VAR is class-conditional: use --class N (or --num-images N) instead of a prompt")
     elif args.class_labels:
         items, key = args.class_labels, "class_labels"
     else:  # labels drawn from each batch's generator, as the official code draws them
