@@ -149,6 +149,9 @@ def test_var_training_path_and_export_load(tmp_path):
 
 
 def test_bench_reports_the_demo_image_size(tmp_path):
+    assert main(["bench", "a red apple", "--warmup", "0", "--repeats", "1", "--quiet"]) == 2  # prompts: not used
+    assert main(["bench", "--resolution", "256", "--quiet"]) == 2  # --resolutions is bench's
+    assert main(["bench", "--resolutions", "big", "--quiet"]) == 2
     out = tmp_path / "bench.json"
     assert main(["bench", "--warmup", "0", "--repeats", "1", "--quiet", "--out", str(out)]) == 0
     (result,) = json.loads(out.read_text())["results"]

@@ -274,9 +274,17 @@ def _caption(cond: dict) -> str:
 def cmd_bench(args: argparse.Namespace) -> None:
     from .eval.bench import environment, format_results, plot, run_bench
 
+    if args.prompt or args.prompts_file or args.class_labels:
+        raise FastVARError("fastvar bench conditions on seeded random text features or labels of the right shape: "
+                           "it takes no prompts or --class")
+    if args.resolution:
+        raise FastVARError("fastvar bench takes --resolutions (a comma list), not --resolution")
+    try:
+        resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else [None]
+    except ValueError:
+        raise FastVARError(f"bad --resolutions {args.resolutions!r}: use image sizes like 512,1024") from None
     backbone, pipe = load_from_args(args)
     pipe.set_progress_bar_config(disable=True)
-    resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else [None]
     configs = []
     for resolution in resolutions:
         for pruning in _schedule_names(args.pruning):
