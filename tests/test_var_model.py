@@ -236,3 +236,16 @@ def test_kv_and_restoration_caches_are_freed_before_decoding(golden_var):
     assert len(tokens) == 7 and ctx.kv == {} and ctx.pruning_state == {}  # freed: the VAE decodes next
     assert sorted(ctx.kept_masks) == [5, 6] and ctx.kept_masks[6].shape == (2, 7, 7)  # the 2 images' maps stay
     assert ctx.kept_masks[6].sum() == 2 * (49 - int(49 * 0.75))
+
+
+def test_options_a_backbone_lacks_are_errors_not_ignored(golden_args, tmp_path):
+    from fastvar.cli import build_parser, sampling_kwargs
+
+    out = str(tmp_path / "x.png")
+    for extra in (["--aspect", "16:9"], ["--resolution", "512"], ["--tau", "0.5"]):
+        assert main(["generate", *golden_args, "--class", "1", *extra, "--out", out]) == 2
+    assert main(["generate", "a red apple", "--more-smooth", "--out", out]) == 2  # Infinity samples bits
+    parse = lambda *a: build_parser().parse_args(["generate", *a])  # noqa: E731
+    assert sampling_kwargs("hart", parse("--no-more-smooth")) == {"more_smooth": False}  # HART's official default: on
+    assert sampling_kwargs("var", parse("--more-smooth", "--cfg", "2")) == {"more_smooth": True, "cfg": 2.0}
+    assert sampling_kwargs("var", parse()) == {}  # unset: the backbone's own defaults

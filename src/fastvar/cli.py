@@ -66,17 +66,22 @@ def load_from_args(args: argparse.Namespace):
     return backbone, pipe
 
 
+# sampling options a backbone does not have: given anyway, they are an error rather than silently ignored
+NOT_FOR = {"var": ("aspect", "resolution", "tau"), "hart": ("aspect", "tau"), "infinity": ("more_smooth",),
+           "demo": ("more_smooth",)}
+
+
 def sampling_kwargs(backbone: str, args: argparse.Namespace) -> dict:
     """Sampling options for the backbone's ``__call__``; unset values keep each backbone's official defaults."""
-    kwargs = {k: v for k, v in (("cfg", args.cfg), ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
-    if backbone == "var":
-        return dict(kwargs, more_smooth=args.more_smooth)
+    given = [f"--{name.replace('_', '-')}" for name in NOT_FOR[backbone] if getattr(args, name) is not None]
+    if given:
+        raise FastVARError(f"{backbone} takes no {', '.join(given)}")
+    kwargs = {k: v for k, v in (("cfg", args.cfg), ("top_k", args.top_k), ("top_p", args.top_p),
+                                ("more_smooth", args.more_smooth), ("tau", args.tau)) if v is not None}
     if args.aspect:
         kwargs["h_div_w"] = _aspect(args.aspect)
     if args.resolution:
         kwargs["resolution"] = int(args.resolution) if args.resolution.isdigit() else args.resolution
-    if backbone in ("infinity", "demo") and args.tau is not None:
-        kwargs["tau"] = args.tau
     return kwargs
 
 
@@ -335,7 +340,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", type=float, help="guidance scale (default: the backbone's official default)")
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
-    p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing (official visual option)")
+    p.add_argument("--more-smooth", action=argparse.BooleanOptionalAction,
+                   help="Gumbel-softmax smoothing (official visual option; default: VAR off, HART on, as officially)")
     p.add_argument("--text-encoder", help="local text model folder (Flan-T5 for Infinity, Qwen2 for HART)")
     p.add_argument("--text-encoder-device", help="run the text encoder there (e.g. cpu: its weights stay off the GPU)")
     p.add_argument("--prompts-file", help="one prompt per line")
