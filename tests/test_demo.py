@@ -219,3 +219,4 @@ def test_cli_eval_makes_one_call_per_image_by_default(monkeypatch, tmp_path):
     assert main(["eval", "a red apple", "a banana", "pizza", "--seeds", "0", "--schedules", "1", "--batch-size", "2",
                  "--quiet"]) == 0
     assert batches == [2, 2, 1, 1]
+    assert main(["eval", "a red apple", "--schedules", "1", "--grid-rows", "2"]) == 2  # no --grid to size

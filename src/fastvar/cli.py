@@ -237,6 +237,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .eval.runner import evaluate, image_grid, markdown_table
     from .pruning import resolve_pruning
 
+    grid_rows, batch_size = _grid_rows(args), _batch_size(args, 1)  # checked before anything loads
     backbone, pipe = load_from_args(argparse.Namespace(**{**vars(args), "quantize": None}))  # the reference
     variant_pipe = load_from_args(args)[1] if args.quantize else None  # variants on int8 weights
     for p in (pipe, variant_pipe or pipe):
@@ -253,9 +254,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     seeds = _seeds(args.seeds)
     report = lambda i, n: print(f"\r{i}/{n} runs", end="", file=sys.stderr, flush=True)  # noqa: E731
     rows, grid = evaluate(pipe, conds, seeds, variants, progress=None if args.quiet else report,
-                          grid_images=args.grid_rows if args.grid else 0, variant_pipe=variant_pipe,
-                          features=features, reference=reference, batch_size=_batch_size(args, 1),
-                          convergence=args.convergence,
+                          grid_images=grid_rows, variant_pipe=variant_pipe, features=features,
+                          reference=reference, batch_size=batch_size, convergence=args.convergence,
                           **sampling_kwargs(backbone, args))
     print(file=sys.stderr)
     table = markdown_table(rows)
@@ -267,6 +267,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.grid:
         image_grid([images for _, _, images in grid], ["baseline", *variants],
                    [f"{_caption(c)}, seed {s}" for c, s, _ in grid]).save(args.grid)
+
+
+def _grid_rows(args: argparse.Namespace) -> int:
+    """Rows of the eval grid: 0 without ``--grid``; ``--grid-rows`` alone is an error, not ignored."""
+    if args.grid_rows is not None and not args.grid:
+        raise FastVARError("--grid-rows needs --grid (where to write the grid)")
+    if args.grid_rows is not None and args.grid_rows < 1:
+        raise FastVARError(f"--grid-rows must be >= 1, got {args.grid_rows}")
+    return (args.grid_rows or 8) if args.grid else 0
 
 
 def _caption(cond: dict) -> str:
@@ -398,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the table as JSON here")
     e.add_argument("--markdown", help="write the table as markdown here")
     e.add_argument("--grid", help="write a side-by-side image grid (baseline, then each schedule) here")
-    e.add_argument("--grid-rows", type=int, default=8)
+    e.add_argument("--grid-rows", type=int, help="rows of the --grid (default 8)")
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="warm latency, memory and TFLOP/s per resolution and pruning schedule")
