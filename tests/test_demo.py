@@ -220,3 +220,5 @@ def test_cli_eval_makes_one_call_per_image_by_default(monkeypatch, tmp_path):
                  "--quiet"]) == 0
     assert batches == [2, 2, 1, 1]
     assert main(["eval", "a red apple", "--schedules", "1", "--grid-rows", "2"]) == 2  # no --grid to size
+    assert main(["eval", "a red apple", "--schedules", "1", "--seeds", "5-2"]) == 2  # an empty range
+    assert main(["eval", "a red apple", "--schedules", " | "]) == 2  # no schedule at all

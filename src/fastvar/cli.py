@@ -208,14 +208,21 @@ def _seeds(text: str) -> list[int]:
     try:
         if "-" in text:
             a, b = text.split("-")
-            return list(range(int(a), int(b) + 1))
-        return [int(s) for s in text.split(",")]
+            seeds = list(range(int(a), int(b) + 1))
+        else:
+            seeds = [int(s) for s in text.split(",")]
     except ValueError:
-        raise FastVARError(f"bad --seeds {text!r}: use a range like 0-63 or a list like 0,1,2") from None
+        seeds = []
+    if not seeds:
+        raise FastVARError(f"bad --seeds {text!r}: use a range like 0-63 or a list like 0,1,2")
+    return seeds
 
 
 def _schedule_names(text: str) -> list[str]:
-    return [n.strip() for n in text.split("|") if n.strip()]
+    names = [n.strip() for n in text.split("|") if n.strip()]
+    if not names:
+        raise FastVARError(f"no schedule in {text!r}: give presets or schedules separated by '|', e.g. none|0.5,1")
+    return names
 
 
 def _cfg_off_values(text: str) -> list[int]:
