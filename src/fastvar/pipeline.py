@@ -62,6 +62,16 @@ class Pipeline:
         stages.mark("loop")
         return tokens, ctx
 
+    def run_and_decode(self, state: Any, scales: Sequence[tuple[int, int]], *, pruning: None | str | PruningSchedule,
+                       generator: torch.Generator | None, cfg_off_last: int, stages: StageTimer,
+                       on_step: StepCallback | None, output_type: str, return_tokens: bool) -> GenerationOutput:
+        """The end every backbone's call shares: ``run`` the loop, decode the images, make the output."""
+        tokens, ctx = self.run(state, scales, pruning=pruning, generator=generator, cfg_off_last=cfg_off_last,
+                               stages=stages, on_step=on_step)
+        images = self.images(state)
+        stages.mark("decode")
+        return self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens, stages=stages)
+
     def images(self, state: Any) -> torch.Tensor:
         """(B, 3, H, W) images in [0, 1] decoded from the latent ``state`` has accumulated (each backbone's own)."""
         raise NotImplementedError

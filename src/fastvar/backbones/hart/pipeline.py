@@ -184,11 +184,9 @@ class HARTPipeline(Pipeline):
         state = self.model.prepare(context, context_position_ids(mask), patch_nums, cfg=cfg, top_k=top_k,
                                    top_p=top_p, more_smooth=more_smooth, diffusion=diffusion,
                                    diffusion_generator=self._diffusion_generator(seed, diffusion_seed))
-        tokens, ctx = self.run(state, [(pn, pn) for pn in patch_nums], pruning=pruning, generator=rng,
-                               cfg_off_last=cfg_off_last, stages=stages, on_step=on_step)
-        images = self.images(state)
-        stages.mark("decode")
-        return self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens, stages=stages)
+        return self.run_and_decode(state, [(pn, pn) for pn in patch_nums], pruning=pruning, generator=rng,
+                                   cfg_off_last=cfg_off_last, stages=stages, on_step=on_step,
+                                   output_type=output_type, return_tokens=return_tokens)
 
     def images(self, state: HARTState) -> torch.Tensor:
         return self.vae.fhat_to_img(state.f_hat).add(1).mul(0.5)

@@ -153,11 +153,9 @@ class InfinityPipeline(Pipeline):
         rng = resolve_generator(seed, generator, self.device)
         state = self.model.prepare(text, scales, schedules.rope_grid(template), negative=negative, cfg=cfgs, tau=taus,
                                    top_k=top_k, top_p=top_p)
-        tokens, ctx = self.run(state, scales, pruning=pruning, generator=rng, stages=stages, on_step=on_step,
-                               cfg_off_last=max(cfg_off_last, state.unguided_tail))
-        images = self.images(state)
-        stages.mark("decode")
-        out = self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens, stages=stages)
+        out = self.run_and_decode(state, scales, pruning=pruning, generator=rng, stages=stages, on_step=on_step,
+                                  cfg_off_last=max(cfg_off_last, state.unguided_tail), output_type=output_type,
+                                  return_tokens=return_tokens)
         out.stats.update(h_div_w_template=template, scale_schedule=[list(s) for s in scales])
         return out
 

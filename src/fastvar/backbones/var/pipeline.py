@@ -98,11 +98,9 @@ class VARPipeline(Pipeline):
         rng = resolve_generator(seed, generator, self.device)
         labels = self._labels(class_labels, num_images, rng)
         state = self.model.prepare(labels, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
-        tokens, ctx = self.run(state, self.model.scales, pruning=pruning, generator=rng,
-                               cfg_off_last=cfg_off_last, stages=stages, on_step=on_step)
-        images = self.images(state)
-        stages.mark("decode")
-        return self.output(images, tokens, ctx, output_type=output_type, return_tokens=return_tokens, stages=stages)
+        return self.run_and_decode(state, self.model.scales, pruning=pruning, generator=rng,
+                                   cfg_off_last=cfg_off_last, stages=stages, on_step=on_step,
+                                   output_type=output_type, return_tokens=return_tokens)
 
     def images(self, state: VARState) -> torch.Tensor:
         return self.vae.fhat_to_img(state.f_hat).add(1).mul(0.5)
