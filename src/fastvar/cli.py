@@ -41,6 +41,7 @@ def _output_paths(out: Path, n: int) -> list[Path]:
 
 
 def load_from_args(args: argparse.Namespace):
+    """The pipeline the model arguments name, its progress bar set by ``--quiet``."""
     from . import load_pipeline
 
     backbone, config = split_model(args.model)
@@ -51,7 +52,7 @@ def load_from_args(args: argparse.Namespace):
             raise FastVARError(f"--model demo is the built-in demo model: it takes no {', '.join(given)}")
         pipe = load_pipeline("demo", device=args.device, dtype=_dtype(args.dtype), quantize=args.quantize)
         pipe.set_progress_bar_config(disable=args.quiet)
-        return backbone, pipe
+        return pipe
     config = args.config or config
     if config is None and backbone != "hart":  # HART reads the transformer folder's own config.json
         raise FastVARError(f"--model {backbone} needs --config (a registry name or a JSON file)")
@@ -63,7 +64,7 @@ def load_from_args(args: argparse.Namespace):
     pipe = load_pipeline(backbone, vae=args.vae, transformer=args.transformer, config=config, device=args.device,
                          dtype=_dtype(args.dtype), quantize=args.quantize, **extra)
     pipe.set_progress_bar_config(disable=args.quiet)
-    return backbone, pipe
+    return pipe
 
 
 # sampling options a backbone does not have: given anyway, they are an error rather than silently ignored
@@ -118,9 +119,9 @@ def conditions(backbone: str, args: argparse.Namespace) -> list[dict]:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    backbone, pipe = load_from_args(args)
-    kwargs = sampling_kwargs(backbone, args)
-    calls = _generate_calls(backbone, args)
+    backbone = split_model(args.model)[0]
+    kwargs, calls = sampling_kwargs(backbone, args), _generate_calls(backbone, args)  # checked before loading
+    pipe = load_from_args(args)
     paths = _output_paths(Path(args.out), sum(n for _, n in calls))
     stats, start = [], 0
     for k, (call, n) in enumerate(calls):  # batch k draws with seed + k
@@ -244,26 +245,26 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .eval.runner import evaluate, image_grid, markdown_table
     from .pruning import resolve_pruning
 
-    grid_rows, batch_size = _grid_rows(args), _batch_size(args, 1)  # checked before anything loads
-    backbone, pipe = load_from_args(argparse.Namespace(**{**vars(args), "quantize": None}))  # the reference
-    variant_pipe = load_from_args(args)[1] if args.quantize else None  # variants on int8 weights
-    for p in (pipe, variant_pipe or pipe):
-        p.set_progress_bar_config(disable=True)
-    features = load_feature_model(args.features, pipe.device) if args.features else None
-    if args.reference_dir and features is None:
-        raise FastVARError("--reference-dir needs --features (the network whose features are compared)")
-    reference = reference_features(args.reference_dir, features, pipe.device) if args.reference_dir else None
-    conds = conditions(backbone, args)
+    # every argument is checked before anything loads
+    backbone = split_model(args.model)[0]
+    grid_rows, batch_size, seeds = _grid_rows(args), _batch_size(args, 1), _seeds(args.seeds)
+    kwargs, conds = sampling_kwargs(backbone, args), conditions(backbone, args)
     if not conds:
         raise FastVARError("fastvar eval needs at least one --class (or prompt)")
     variants = {_variant_label(name, off): {"pruning": resolve_pruning(name), "cfg_off_last": off}
                 for name in _schedule_names(args.schedules) for off in _cfg_off_values(args.cfg_off_last)}
-    seeds = _seeds(args.seeds)
+    if args.reference_dir and not args.features:
+        raise FastVARError("--reference-dir needs --features (the network whose features are compared)")
+    pipe = load_from_args(argparse.Namespace(**{**vars(args), "quantize": None}))  # the reference
+    variant_pipe = load_from_args(args) if args.quantize else None  # variants on int8 weights
+    for p in (pipe, variant_pipe or pipe):
+        p.set_progress_bar_config(disable=True)
+    features = load_feature_model(args.features, pipe.device) if args.features else None
+    reference = reference_features(args.reference_dir, features, pipe.device) if args.reference_dir else None
     report = lambda i, n: print(f"\r{i}/{n} runs", end="", file=sys.stderr, flush=True)  # noqa: E731
     rows, grid = evaluate(pipe, conds, seeds, variants, progress=None if args.quiet else report,
                           grid_images=grid_rows, variant_pipe=variant_pipe, features=features,
-                          reference=reference, batch_size=batch_size, convergence=args.convergence,
-                          **sampling_kwargs(backbone, args))
+                          reference=reference, batch_size=batch_size, convergence=args.convergence, **kwargs)
     print(file=sys.stderr)
     table = markdown_table(rows)
     print(table)
@@ -294,6 +295,7 @@ def _caption(cond: dict) -> str:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from .eval.bench import environment, format_results, plot, run_bench
+    from .pruning import resolve_pruning
 
     if args.prompt or args.prompts_file or args.class_labels:
         raise FastVARError("fastvar bench conditions on seeded random text features or labels of the right shape: "
@@ -304,15 +306,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
         resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else [None]
     except ValueError:
         raise FastVARError(f"bad --resolutions {args.resolutions!r}: use image sizes like 512,1024") from None
-    backbone, pipe = load_from_args(args)
+    kwargs = sampling_kwargs(split_model(args.model)[0], args)
+    prunings, offs = _schedule_names(args.pruning), _cfg_off_values(args.cfg_off_last)
+    for name in prunings:
+        resolve_pruning(name)  # a bad schedule fails here, before the model loads
+    pipe = load_from_args(args)
     pipe.set_progress_bar_config(disable=True)
     configs = []
     for resolution in resolutions:
-        for pruning in _schedule_names(args.pruning):
-            for off in _cfg_off_values(args.cfg_off_last):
+        for pruning in prunings:
+            for off in offs:
                 cfg = pipe.bench_config(args.batch, resolution)
-                cfg["kwargs"].update(pruning=None if pruning == "none" else pruning, cfg_off_last=off,
-                                     **sampling_kwargs(backbone, args))
+                cfg["kwargs"].update(pruning=None if pruning == "none" else pruning, cfg_off_last=off, **kwargs)
                 size = f"{cfg['resolution']}px" + (f" {args.aspect}" if args.aspect else "")
                 cfg.update(label=f"{size} b{args.batch} {_variant_label(pruning, off)}",
                            group=cfg["resolution"], pruning=pruning, cfg_off_last=off)
